@@ -1,0 +1,26 @@
+"""Number formats and block quantizers (CPU reference; the Triton kernels must equal it)."""
+
+from .api import QuantizedTensor, dequantize, fake_quantize, quantize
+from .formats import E2M1, E4M3, E5M2, decode, encode, pack_fp4, round_to_grid, unpack_fp4
+from .hadamard import apply_rht, rht_matrix, rht_signs
+from .spec import BLOCK_FORMATS, QuantSpec
+
+__all__ = [
+    "QuantSpec",
+    "QuantizedTensor",
+    "quantize",
+    "dequantize",
+    "fake_quantize",
+    "BLOCK_FORMATS",
+    "E2M1",
+    "E4M3",
+    "E5M2",
+    "round_to_grid",
+    "encode",
+    "decode",
+    "pack_fp4",
+    "unpack_fp4",
+    "apply_rht",
+    "rht_matrix",
+    "rht_signs",
+]

@@ -1,0 +1,175 @@
+"""The public quantization entry points: ``quantize``, ``dequantize``, ``fake_quantize``.
+
+Every part of fp4train (the linear layer, the kernels' tests, the metrics) goes through
+these, so a change to how a format rounds is made once, in ``formats.py``/``blocks.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .blocks import (
+    block_amax,
+    check_tiles,
+    expand_blocks,
+    fp32_scale,
+    mx_scale_codes,
+    nvfp4_block_scale,
+    nvfp4_tensor_scales,
+)
+from .formats import (
+    E4M3,
+    decode,
+    e8m0_decode,
+    encode,
+    pack_fp4,
+    random_bits,
+    round_to_grid,
+    unpack_fp4,
+)
+from .hadamard import apply_rht
+from .spec import QuantSpec
+
+__all__ = ["QuantizedTensor", "quantize", "dequantize", "fake_quantize"]
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+@dataclass
+class QuantizedTensor:
+    """A tensor in a block format.
+
+    ``data``: uint8 element codes of the padded ``(M, K)`` matrix view — FP4 packed two per
+    byte ``(M, K/2)``, FP8 one per byte ``(M, K)``; for ``bf16`` the tensor itself.
+    ``scales``: per-block scales ``(M/br, K/bc)`` — uint8 E8M0/E4M3 codes, or float32 decode
+    scales (``fp8_*``); ``None`` for ``bf16``. ``tensor_scale``: NVFP4's FP32 decode scale
+    ``s_dec`` (0-dim), else ``None``. ``shape``/``dtype``: of the original tensor.
+    """
+
+    spec: QuantSpec
+    shape: torch.Size
+    dtype: torch.dtype
+    data: torch.Tensor
+    scales: torch.Tensor | None
+    tensor_scale: torch.Tensor | None
+    padded: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (codes + scales + tensor scale)."""
+        return sum(t.numel() * t.element_size() for t in (self.data, self.scales, self.tensor_scale) if t is not None)
+
+    def element_values(self) -> torch.Tensor:
+        """float32 element values before scaling, shape ``padded`` (e.g. E2M1 values in [-6, 6])."""
+        fmt = self.spec.format
+        codes = unpack_fp4(self.data) if fmt.is_fp4 else self.data
+        return decode(codes, fmt.element)
+
+    def scale_values(self) -> torch.Tensor:
+        """float32 per-block decode scales (NVFP4: ``sb`` only, without the tensor scale)."""
+        kind = self.spec.format.scale
+        if kind == "e8m0":
+            return e8m0_decode(self.scales)
+        if kind == "e4m3":
+            return decode(self.scales, E4M3)
+        return self.scales
+
+
+def _matrix_shape(shape: torch.Size) -> tuple[int, int]:
+    """(rows, last dim) of the matrix view that blocks tile: leading dims flattened."""
+    return (shape[:-1].numel(), shape[-1])
+
+
+def quantize(
+    x: torch.Tensor,
+    spec: QuantSpec,
+    *,
+    generator: torch.Generator | None = None,
+    rand_bits: torch.Tensor | None = None,
+) -> QuantizedTensor:
+    """Quantize ``x`` with blocks along its last dimension (leading dims are flattened to rows).
+
+    Stochastic rounding draws ``spec.sr_bits``-bit integers from ``generator`` (default: a
+    fresh generator seeded with ``spec.seed``, so equal calls give equal bits) unless
+    ``rand_bits`` (int tensor of the padded ``(M, K)`` shape) supplies them.
+    """
+    if not isinstance(spec, QuantSpec):
+        raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
+    if not isinstance(x, torch.Tensor) or x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"quantize expects a floating-point tensor ({_FLOAT_DTYPES}), got {getattr(x, 'dtype', type(x))}")
+    if x.dim() == 0:
+        raise ValueError("quantize needs at least one dimension (blocks run along the last one)")
+    shape, dtype = x.shape, x.dtype
+    if spec.is_identity:
+        return QuantizedTensor(spec, shape, dtype, x, None, None, _matrix_shape(shape))
+
+    fmt = spec.format
+    block = spec.block_shape
+    m = x.reshape(_matrix_shape(shape)).to(torch.float32)
+    if spec.pad and block is not None:
+        br, bc = block
+        m = F.pad(m, (0, -m.shape[1] % bc, 0, -m.shape[0] % br))
+    check_tiles(tuple(m.shape), block, what=f"{spec.fmt} input of shape {tuple(shape)} viewed as a matrix")
+    if spec.rht is not None:
+        m = apply_rht(m, spec.rht, spec.seed)
+    rows, cols = m.shape
+
+    amax = block_amax(m, block)
+    tensor_scale = None
+    if fmt.scale == "e8m0":
+        scale_codes, enc = mx_scale_codes(amax, fmt.element, spec.mx_rule)
+    elif fmt.scale == "e4m3":
+        amax_t = m.abs().amax()
+        s_enc, tensor_scale = nvfp4_tensor_scales(amax_t)
+        sb, enc = nvfp4_block_scale(amax, s_enc)
+        scale_codes = encode(sb, E4M3)
+    else:  # fp32
+        scale_codes, enc = fp32_scale(amax, fmt.element)
+
+    scaled = m * expand_blocks(enc, block, (rows, cols))
+    if spec.rounding == "sr" and rand_bits is None:
+        if generator is None:
+            generator = torch.Generator(device=m.device).manual_seed(spec.seed)
+        rand_bits = random_bits((rows, cols), spec.sr_bits, generator, m.device)
+    q = round_to_grid(scaled, fmt.element, spec.rounding, rand_bits, spec.sr_bits)
+    codes = encode(q, fmt.element)
+    if fmt.is_fp4:
+        codes = pack_fp4(codes)
+    return QuantizedTensor(spec, shape, dtype, codes, scale_codes, tensor_scale, (rows, cols))
+
+
+def dequantize(qt: QuantizedTensor, *, keep_rht: bool = False, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Values of ``qt`` in ``dtype`` (default: the original dtype) and the original shape.
+
+    Computed in float32 as ``element · block_scale`` (``· tensor_scale`` for NVFP4), then cast.
+    If the spec had an RHT, the inverse transform is applied unless ``keep_rht`` — a GEMM whose
+    two operands carry the same RHT along its reduction dim multiplies the transformed values.
+    """
+    dtype = dtype or qt.dtype
+    if qt.spec.is_identity:
+        return qt.data.to(dtype)
+    spec = qt.spec
+    vals = qt.element_values() * expand_blocks(qt.scale_values(), spec.block_shape, qt.padded)
+    if qt.tensor_scale is not None:
+        vals = vals * qt.tensor_scale
+    if spec.rht is not None and not keep_rht:
+        vals = apply_rht(vals, spec.rht, spec.seed, inverse=True)
+    rows, cols = _matrix_shape(qt.shape)
+    vals = vals[:rows, :cols]
+    return vals.to(dtype).reshape(qt.shape)
+
+
+def fake_quantize(
+    x: torch.Tensor,
+    spec: QuantSpec,
+    *,
+    generator: torch.Generator | None = None,
+    rand_bits: torch.Tensor | None = None,
+    keep_rht: bool = False,
+) -> torch.Tensor:
+    """``dequantize(quantize(x, spec))``: ``x`` rounded onto the format, same shape and dtype."""
+    qt = quantize(x, spec, generator=generator, rand_bits=rand_bits)
+    return dequantize(qt, keep_rht=keep_rht)
