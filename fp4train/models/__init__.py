@@ -47,13 +47,12 @@ def param_count_table() -> str:
     """Markdown table of parameter counts of every named size (instantiated on the meta device)."""
     rows = ["| model | size | parameters | in `blocks` | config |", "|---|---|---:|---:|---|"]
     for name, (_, _, sizes) in REGISTRY.items():
-        for size, overrides in sizes.items():
+        for size in sizes:
             with torch.device("meta"):
                 model = build_model(name, size)
             total = sum(p.numel() for p in model.parameters())
             in_blocks = sum(p.numel() for p in model.blocks.parameters())
-            desc = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
-            rows.append(f"| {name} | {size} | {total:,} | {in_blocks:,} | {desc} |")
+            rows.append(f"| {name} | {size} | {total:,} | {in_blocks:,} | {model.config.summary()} |")
     return "\n".join(rows)
 
 

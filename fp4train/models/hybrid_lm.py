@@ -89,6 +89,14 @@ class HybridLMConfig:
     def mamba_n_heads(self) -> int:
         return self.mamba_expand * self.d_model // self.mamba_head_dim
 
+    def summary(self) -> str:
+        return (
+            f"`{self.layer_pattern}`, d {self.d_model}, FFN {self.ffn_dim or 4 * self.d_model}, "
+            f"attn {self.n_heads}/{self.n_kv_heads}×{self.head_dim}, "
+            f"Mamba H {self.mamba_n_heads}×P {self.mamba_head_dim}, G {self.mamba_n_groups}, "
+            f"N {self.mamba_d_state}, vocab {self.vocab_size}"
+        )
+
 
 class Attention(nn.Module):
     """Causal grouped-query self-attention; KV heads repeated to the query heads for SDPA."""

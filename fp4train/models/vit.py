@@ -49,6 +49,12 @@ class ViTConfig:
     def n_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
+    def summary(self) -> str:
+        return (
+            f"dim {self.dim}, depth {self.depth}, heads {self.n_heads}, "
+            f"{self.in_channels}×{self.image_size}² / patch {self.patch_size}, {self.num_classes} classes"
+        )
+
 
 class Attention(nn.Module):
     """Multi-head self-attention (no mask), scale head_dim^-0.5."""
