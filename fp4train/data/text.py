@@ -1,0 +1,282 @@
+"""Byte-level language-model data: token files and random-offset windows over them.
+
+Tokens are the raw UTF-8 bytes of the text (vocabulary 256), stored flat as ``uint16`` (or
+``uint32``) in ``train.bin`` / ``val.bin`` with a ``meta.json`` beside them — the nanoGPT
+``prepare.py`` convention. The default corpus is the Python standard library's own non-test
+``.py`` sources (~11 MB, on every machine with Python). Write token files from your own text with
+
+    python -m fp4train.data.text prepare --out DIR [--dtype uint16] FILES_OR_DIRS...
+
+Train/val split: each file is cut into blocks of ``block_size`` bytes and a block goes to val when
+the hash of (file key, block index) falls below ``val_fraction`` — deterministic, independent of
+the machine and of the order of files, and usable on a single file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+VOCAB_SIZE = 256
+TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+STDLIB_SKIP_DIRS = frozenset({"test", "tests", "idlelib", "site-packages"})
+DEFAULT_SUFFIXES = (".txt", ".md", ".rst", ".py")
+SPLIT_FORMAT_VERSION = 1  # part of the stdlib cache key: bump when the split or layout changes
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else ``$FP4TRAIN_CACHE``, else ``~/.cache/fp4train``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return Path(os.environ.get("FP4TRAIN_CACHE") or Path.home() / ".cache" / "fp4train")
+
+
+def stdlib_sources(stdlib_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """(relative key, path) of the standard library's ``.py`` files, sorted, skipping any path
+    under a directory named test, tests, idlelib or site-packages."""
+    root = Path(stdlib_dir or sysconfig.get_paths()["stdlib"])
+    if not root.is_dir():
+        raise FileNotFoundError(f"standard library directory {root} does not exist")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in STDLIB_SKIP_DIRS]
+        for name in filenames:
+            if name.endswith(".py"):
+                path = Path(dirpath, name)
+                found.append((path.relative_to(root).as_posix(), path))
+    return sorted(found)
+
+
+def text_sources(inputs: list[str | os.PathLike], suffixes=DEFAULT_SUFFIXES) -> list[tuple[str, Path]]:
+    """(key, path) of the given files, plus the files with one of ``suffixes`` under the given
+    directories (recursively); keys are paths relative to the directory given, or file names."""
+    found = []
+    for item in map(Path, inputs):
+        if item.is_file():
+            found.append((item.name, item))
+        elif item.is_dir():
+            found += [
+                (p.relative_to(item).as_posix(), p)
+                for p in item.rglob("*")
+                if p.is_file() and p.suffix in suffixes
+            ]
+        else:
+            raise FileNotFoundError(f"text input {item} does not exist (expected a text file or a directory)")
+    if not found:
+        raise ValueError(f"no text files with suffixes {list(suffixes)} under {[str(i) for i in inputs]}")
+    return sorted(found)
+
+
+def _is_val_block(key: str, index: int, val_fraction: float) -> bool:
+    digest = hashlib.sha256(f"{key}\0{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64 < val_fraction
+
+
+def write_token_files(
+    sources: list[tuple[str, Path]],
+    out_dir: str | os.PathLike,
+    dtype: str = "uint16",
+    val_fraction: float = 0.05,
+    block_size: int = 16384,
+) -> dict:
+    """Write the UTF-8 bytes of ``sources`` as ``train.bin``/``val.bin`` tokens plus ``meta.json``.
+
+    Files are written under temporary names and renamed, ``meta.json`` last, so a directory with
+    ``meta.json`` is complete even when several processes prepare it at once. Returns the meta.
+    """
+    if dtype not in TOKEN_DTYPES:
+        raise ValueError(f"token dtype {dtype!r} is not supported; valid: {list(TOKEN_DTYPES)}")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    parts: dict[str, list[bytes]] = {"train": [], "val": []}
+    for key, path in sources:
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text ({e}); byte-level data expects text files") from None
+        for i in range(0, len(data), block_size):
+            split = "val" if _is_val_block(key, i // block_size, val_fraction) else "train"
+            parts[split].append(data[i : i + block_size])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"tokenizer": "bytes", "vocab_size": VOCAB_SIZE, "dtype": dtype, "n_files": len(sources)}
+    for split, chunks in parts.items():
+        tokens = np.frombuffer(b"".join(chunks), dtype=np.uint8).astype(TOKEN_DTYPES[dtype])
+        if tokens.size < 2:
+            raise ValueError(
+                f"the {split} split of {len(sources)} file(s) has {tokens.size} tokens: give more text, "
+                f"a smaller block_size (now {block_size}) or another val_fraction (now {val_fraction})"
+            )
+        tmp = out / f"{split}.bin.tmp{os.getpid()}"
+        tokens.tofile(tmp)
+        os.replace(tmp, out / f"{split}.bin")
+        meta[f"{split}_tokens"] = int(tokens.size)
+    tmp = out / f"meta.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, out / "meta.json")
+    return meta
+
+
+def prepare_stdlib(
+    cache_dir: str | os.PathLike | None = None, val_fraction: float = 0.05, block_size: int = 16384
+) -> Path:
+    """Token files of the standard-library corpus, built once under the cache and reused.
+
+    The cache key covers the Python version, the file list and sizes and the split settings."""
+    sources = stdlib_sources()
+    key = hashlib.sha256(
+        json.dumps(
+            [SPLIT_FORMAT_VERSION, val_fraction, block_size, [(k, p.stat().st_size) for k, p in sources]]
+        ).encode()
+    ).hexdigest()[:12]
+    out = cache_root(cache_dir) / f"stdlib-py{sys.version_info.major}.{sys.version_info.minor}-{key}"
+    if not (out / "meta.json").is_file():
+        write_token_files(sources, out, "uint16", val_fraction, block_size)
+    return out
+
+
+class TokenWindows(Dataset):
+    """Windows ``(x[t:t+L], x[t+1:t+L+1])`` (int64) over a flat token file.
+
+    With ``random_offsets`` the offset of item i is drawn from a generator seeded by (seed, i), so
+    an index always gives the same window; otherwise items are ``num_samples`` evenly spaced windows
+    (by default the (n-1)//L non-overlapping ones). Offsets satisfy t + L + 1 <= n: never past the
+    end. The file is memory-mapped lazily, per process (safe with DataLoader workers).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        seq_len: int,
+        dtype: str = "uint16",
+        num_samples: int | None = None,
+        random_offsets: bool = True,
+        seed: int = 0,
+        vocab_size: int | None = None,
+    ) -> None:
+        self.path, self.seq_len, self.seed, self.vocab_size = Path(path), seq_len, seed, vocab_size
+        if dtype not in TOKEN_DTYPES:
+            raise ValueError(f"token dtype {dtype!r} is not supported; valid: {list(TOKEN_DTYPES)}")
+        self.dtype = np.dtype(TOKEN_DTYPES[dtype])
+        if not self.path.is_file():
+            raise FileNotFoundError(f"token file {self.path} does not exist (expected flat {dtype} tokens)")
+        size = self.path.stat().st_size
+        if size % self.dtype.itemsize:
+            raise ValueError(
+                f"token file {self.path} has {size} bytes, not a multiple of {self.dtype.itemsize} "
+                f"({dtype}); is the dtype right? valid: {list(TOKEN_DTYPES)}"
+            )
+        self.n_tokens = size // self.dtype.itemsize
+        if seq_len < 1 or self.n_tokens < seq_len + 1:
+            raise ValueError(
+                f"token file {self.path} has {self.n_tokens} tokens; windows of seq_len {seq_len} "
+                f"need seq_len >= 1 and at least seq_len + 1 tokens"
+            )
+        self.max_offset = self.n_tokens - seq_len - 1
+        self.num_samples = (self.n_tokens - 1) // seq_len if num_samples is None else num_samples
+        self.random_offsets = random_offsets
+        self._tokens: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def offset(self, index: int) -> int:
+        if self.random_offsets:
+            return int(np.random.default_rng((self.seed, index)).integers(0, self.max_offset + 1))
+        return index * self.max_offset // max(self.num_samples - 1, 1)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"index {index} out of range for {self.num_samples} windows")
+        if self._tokens is None:
+            self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
+        t = self.offset(index)
+        window = torch.from_numpy(self._tokens[t : t + self.seq_len + 1].astype(np.int64))
+        return window[:-1], window[1:]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tokens": None}
+
+
+@dataclass
+class StdlibTextConfig:
+    """The standard-library byte corpus. ``train_samples``/``val_samples``: windows per epoch
+    (None: (n-1)//seq_len); train windows at seeded random offsets, val windows evenly spaced."""
+
+    seq_len: int = 256
+    train_samples: int | None = None
+    val_samples: int | None = None
+    seed: int = 0
+    cache_dir: str | None = None
+    val_fraction: float = 0.05
+    block_size: int = 16384
+
+
+@dataclass
+class TokenFileConfig:
+    """A directory with ``train.bin``/``val.bin`` (and optionally ``meta.json``, which supplies
+    ``dtype`` and ``vocab_size`` when they are not given here; default dtype uint16)."""
+
+    path: str = ""
+    seq_len: int = 256
+    train_samples: int | None = None
+    val_samples: int | None = None
+    seed: int = 0
+    dtype: str | None = None
+    vocab_size: int | None = None
+
+
+def _windows(directory: Path, dtype: str, vocab_size: int | None, cfg) -> tuple[TokenWindows, TokenWindows]:
+    return (
+        TokenWindows(directory / "train.bin", cfg.seq_len, dtype, cfg.train_samples, True, cfg.seed, vocab_size),
+        TokenWindows(directory / "val.bin", cfg.seq_len, dtype, cfg.val_samples, False, cfg.seed, vocab_size),
+    )
+
+
+def stdlib_text_datasets(cfg: StdlibTextConfig) -> tuple[TokenWindows, TokenWindows]:
+    return _windows(prepare_stdlib(cfg.cache_dir, cfg.val_fraction, cfg.block_size), "uint16", VOCAB_SIZE, cfg)
+
+
+def token_file_datasets(cfg: TokenFileConfig) -> tuple[TokenWindows, TokenWindows]:
+    directory = Path(cfg.path)
+    if not cfg.path or not directory.is_dir():
+        raise FileNotFoundError(
+            f"token_file path {cfg.path!r} is not a directory (expected one holding train.bin and val.bin)"
+        )
+    meta_path = directory / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if cfg.dtype and meta.get("dtype", cfg.dtype) != cfg.dtype:
+        raise ValueError(f"dtype {cfg.dtype!r} contradicts {meta_path} (dtype {meta['dtype']!r})")
+    return _windows(directory, cfg.dtype or meta.get("dtype", "uint16"), cfg.vocab_size or meta.get("vocab_size"), cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fp4train.data.text", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare", help="write train.bin/val.bin/meta.json from text files (byte-level)")
+    prep.add_argument("inputs", nargs="+", help="text files, or directories searched for --suffix files")
+    prep.add_argument("--out", required=True, help="output directory")
+    prep.add_argument("--dtype", default="uint16", choices=list(TOKEN_DTYPES))
+    prep.add_argument("--val-fraction", type=float, default=0.05)
+    prep.add_argument("--block-size", type=int, default=16384, help="bytes per split block")
+    prep.add_argument("--suffix", action="append", help=f"suffixes searched in directories (default {DEFAULT_SUFFIXES})")
+    args = parser.parse_args(argv)
+    sources = text_sources(args.inputs, tuple(args.suffix) if args.suffix else DEFAULT_SUFFIXES)
+    meta = write_token_files(sources, args.out, args.dtype, args.val_fraction, args.block_size)
+    print(f"wrote {args.out}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
+          f"from {meta['n_files']} files ({args.dtype})")
+
+
+if __name__ == "__main__":
+    main()
