@@ -103,19 +103,21 @@ def quantize(
     if x.dim() == 0:
         raise ValueError("quantize needs at least one dimension (blocks run along the last one)")
     shape, dtype = x.shape, x.dtype
-    if spec.is_identity:
+    if spec.is_identity and spec.rht is None:
         return QuantizedTensor(spec, shape, dtype, x, None, None, _matrix_shape(shape))
 
     fmt = spec.format
     block = spec.block_shape
     m = x.reshape(_matrix_shape(shape)).to(torch.float32)
-    if spec.pad and block is not None:
-        br, bc = block
+    if spec.pad and (block or spec.rht):
+        br, bc = block or (1, spec.rht)
         m = F.pad(m, (0, -m.shape[1] % bc, 0, -m.shape[0] % br))
-    check_tiles(tuple(m.shape), block, what=f"{spec.fmt} input of shape {tuple(shape)} viewed as a matrix")
+    check_tiles(tuple(m.shape), block, what=f"{spec.fmt} input of shape {tuple(shape)}")
     if spec.rht is not None:
         m = apply_rht(m, spec.rht, spec.seed)
     rows, cols = m.shape
+    if spec.is_identity:  # an unquantized operand that still carries the RHT (ablations)
+        return QuantizedTensor(spec, shape, dtype, m, None, None, (rows, cols))
 
     amax = block_amax(m, block)
     tensor_scale = None
@@ -149,10 +151,13 @@ def dequantize(qt: QuantizedTensor, *, keep_rht: bool = False, dtype: torch.dtyp
     two operands carry the same RHT along its reduction dim multiplies the transformed values.
     """
     dtype = dtype or qt.dtype
-    if qt.spec.is_identity:
-        return qt.data.to(dtype)
     spec = qt.spec
-    vals = qt.element_values() * expand_blocks(qt.scale_values(), spec.block_shape, qt.padded)
+    if spec.is_identity and spec.rht is None:
+        return qt.data.to(dtype)
+    if spec.is_identity:
+        vals = qt.data
+    else:
+        vals = qt.element_values() * expand_blocks(qt.scale_values(), spec.block_shape, qt.padded)
     if qt.tensor_scale is not None:
         vals = vals * qt.tensor_scale
     if spec.rht is not None and not keep_rht:

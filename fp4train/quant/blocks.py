@@ -69,8 +69,8 @@ def check_tiles(shape: tuple[int, int], block: tuple[int, int] | None, what: str
     br, bc = block
     if k % bc or m % br:
         raise ValueError(
-            f"{what} of shape {shape} (rows, last dim) is not a whole number of blocks {block}: "
-            f"the last dim must be a multiple of {bc}" + (f" and the rows of {br}" if br > 1 else "")
+            f"{what} is a {m}×{k} matrix, not a whole number of {block} blocks: the last dim must be "
+            f"a multiple of {bc}" + (f" and the rows of {br}" if br > 1 else "")
             + " (pass pad=True in the QuantSpec to zero-pad)"
         )
 

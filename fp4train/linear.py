@@ -1,0 +1,154 @@
+"""``QuantLinear``: an ``nn.Linear`` whose three GEMMs run on quantized operands.
+
+Fprop ``y = x Wᵀ``, Dgrad ``dx = dy W`` and Wgrad ``dW = dyᵀ x`` each quantize both inputs
+along that GEMM's reduction dimension with the recipe's spec for that operand (see
+``fp4train.recipes``), then multiply with ``fp4train.gemm.quantized_matmul`` (exact products,
+FP32 accumulation). What backward needs is saved quantized and packed: the Wgrad copy of ``x``
+(quantized along tokens in forward), and ``W`` itself (a parameter: saving it costs nothing).
+
+Stochastic rounding draws its bits from a stream seeded by ``(recipe seed, layer id, step,
+operand)``; the step counter is part of the module's state dict, so a resumed run continues
+the same streams.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fp4train.gemm import quantized_matmul
+from fp4train.quant import QuantizedTensor, QuantSpec, dequantize, quantize
+from fp4train.recipes import BF16, GEMMS, OPERANDS, Recipe, build_recipe
+
+__all__ = ["QuantLinear"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def stream_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (splitmix64 finaliser per part): distinct streams per
+    (seed, layer, step, operand), stable across processes and platforms."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = ((h ^ (p & _MASK64)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h & ((1 << 63) - 1)
+
+
+class _QuantLinearFunction(torch.autograd.Function):
+    """Autograd over the three quantized GEMMs of one linear layer (2-D ``x``: tokens × in)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: "QuantLinear"):
+        q = layer._quantize_operand
+        qx = q("x_fprop", x)
+        qw = layer.quantize_weight(weight, layer.operand_spec("w_fprop"))
+        y = quantized_matmul(qx, qw, out_dtype=x.dtype)
+        if bias is not None:
+            y = y + bias.to(y.dtype)
+        x_src = dequantize(qx) if layer.recipe.double_quant else x
+        qxt = q("x_wgrad", x_src.T)
+        ctx.layer, ctx.qxt, ctx.has_bias = layer, qxt, bias is not None
+        ctx.qw = qw if layer.recipe.double_quant else None
+        ctx.x_dtype = x.dtype
+        ctx.save_for_backward(weight)
+        layer.saved_bytes = qxt.nbytes + (qw.nbytes if ctx.qw is not None else 0)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        layer: QuantLinear = ctx.layer
+        q = layer._quantize_operand
+        with torch.autocast(device_type=dy.device.type, enabled=False):
+            w_src = dequantize(ctx.qw, dtype=torch.float32) if ctx.qw is not None else weight
+            dx = quantized_matmul(q("dy_dgrad", dy), q("w_dgrad", w_src.T), out_dtype=ctx.x_dtype)
+            dw = quantized_matmul(q("dy_wgrad", dy.T), ctx.qxt, out_dtype=weight.dtype)
+            db = dy.sum(0).to(weight.dtype) if ctx.has_bias else None
+        ctx.qxt = ctx.qw = None
+        return dx, dw, db, None
+
+
+class QuantLinear(nn.Linear):
+    """Drop-in ``nn.Linear`` with quantized Fprop, Dgrad and Wgrad.
+
+    ``recipe``: a ``Recipe`` or recipe name. ``layer_id`` separates this layer's SR streams from
+    other layers'. ``high_precision``: GEMMs (``"fprop"``, ``"dgrad"``, ``"wgrad"``) to run
+    unquantized, set by precision schedules. With every GEMM unquantized the layer *is*
+    ``F.linear`` (bit-identical to ``nn.Linear``, autocast included).
+
+    Under ``torch.autocast`` the activation is cast to the autocast dtype as ``nn.Linear`` would,
+    while the FP32 master weight is quantized directly and its gradient returned in FP32.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        recipe: Recipe | str = "nvfp4",
+        layer_id: int = 0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.recipe = build_recipe(recipe) if isinstance(recipe, str) else recipe
+        self.layer_id = layer_id
+        self.high_precision: frozenset[str] = frozenset()
+        self.sr_step = 0  # forward passes run in training mode; drives the SR streams
+        self.saved_bytes = 0  # bytes the last forward saved for backward (beside W)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, recipe: Recipe, layer_id: int = 0) -> "QuantLinear":
+        """A ``QuantLinear`` sharing ``linear``'s weight and bias parameters."""
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, recipe, layer_id, device="meta")
+        q.weight = linear.weight
+        q.bias = linear.bias
+        return q
+
+    def operand_spec(self, operand: str) -> QuantSpec:
+        """The spec in force for ``operand`` (BF16 when its GEMM runs in high precision)."""
+        gemm = next(g for g, ops in GEMMS.items() if operand in ops)
+        return BF16 if gemm in self.high_precision else self.recipe.spec(operand)
+
+    @property
+    def is_unquantized(self) -> bool:
+        return all(self.operand_spec(o).is_identity for o in OPERANDS)
+
+    def _quantize_operand(self, operand: str, t: torch.Tensor) -> QuantizedTensor:
+        spec = self.operand_spec(operand)
+        generator = None
+        if spec.rounding == "sr":
+            seed = stream_seed(spec.seed, self.layer_id, self.sr_step, OPERANDS.index(operand))
+            generator = torch.Generator(device=t.device).manual_seed(seed)
+        return quantize(t, spec, generator=generator)
+
+    def quantize_weight(self, weight: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
+        """Fprop weight quantizer; a subclass may change how W is rounded (e.g. TetraJet's Q-EMA)."""
+        return quantize(weight, spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_unquantized:
+            return F.linear(x, self.weight, self.bias)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"{self.__class__.__name__} expects last dim {self.in_features}, got shape {tuple(x.shape)}")
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            x = x.to(torch.get_autocast_dtype(device_type))
+        if self.training and torch.is_grad_enabled():
+            self.sr_step += 1
+        with torch.autocast(device_type=device_type, enabled=False):
+            y = _QuantLinearFunction.apply(x.reshape(-1, self.in_features), self.weight, self.bias, self)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def get_extra_state(self) -> dict:
+        return {"sr_step": self.sr_step}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.sr_step = int(state["sr_step"])
+
+    def extra_repr(self) -> str:
+        hp = f", high_precision={sorted(self.high_precision)}" if self.high_precision else ""
+        return f"{super().extra_repr()}, recipe={self.recipe.name}, layer_id={self.layer_id}{hp}"
