@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from fp4train.quant import QuantizedTensor
-from fp4train.quant.blocks import expand_blocks
 
 __all__ = ["scaled_operand", "quantized_matmul"]
 
@@ -24,14 +23,11 @@ def scaled_operand(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor | No
     """``(A', t)``: the padded float32 matrix ``element · block_scale`` (RHT kept) and the FP32
     per-tensor factor (``None`` if there is none). Per-tensor FP8 returns its elements with
     the tensor's scale as ``t``."""
-    spec = qt.spec
-    if spec.is_identity:  # unquantized (possibly RHT-transformed) values
-        return qt.data.reshape(qt.padded), None
-    elements = qt.element_values()
-    if spec.block_shape is None:  # per-tensor FP32 scale: keep it out of the products
-        return elements, qt.scales.reshape(())
-    scaled = elements * expand_blocks(qt.scale_values(), spec.block_shape, qt.padded)
-    return scaled, qt.tensor_scale
+    if qt.spec.is_identity:  # unquantized (possibly RHT-transformed) values
+        return qt.padded_values(), None
+    if qt.spec.block_shape is None:  # per-tensor FP32 scale: keep it out of the products
+        return qt.element_values(), qt.scales.reshape(())
+    return qt.padded_values(with_tensor_scale=False), qt.tensor_scale
 
 
 def _match_width(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

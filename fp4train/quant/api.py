@@ -77,6 +77,16 @@ class QuantizedTensor:
             return decode(self.scales, E4M3)
         return self.scales
 
+    def padded_values(self, with_tensor_scale: bool = True) -> torch.Tensor:
+        """float32 decoded values of the padded ``(M, K)`` matrix, in the RHT domain if any
+        (``element · block_scale``, times NVFP4's tensor scale unless ``with_tensor_scale=False``)."""
+        if self.spec.is_identity:
+            return self.data.reshape(self.padded).to(torch.float32)
+        vals = self.element_values() * expand_blocks(self.scale_values(), self.spec.block_shape, self.padded)
+        if with_tensor_scale and self.tensor_scale is not None:
+            vals = vals * self.tensor_scale
+        return vals
+
 
 def _matrix_shape(shape: torch.Size) -> tuple[int, int]:
     """(rows, last dim) of the matrix view that blocks tile: leading dims flattened."""
@@ -154,12 +164,7 @@ def dequantize(qt: QuantizedTensor, *, keep_rht: bool = False, dtype: torch.dtyp
     spec = qt.spec
     if spec.is_identity and spec.rht is None:
         return qt.data.to(dtype)
-    if spec.is_identity:
-        vals = qt.data
-    else:
-        vals = qt.element_values() * expand_blocks(qt.scale_values(), spec.block_shape, qt.padded)
-    if qt.tensor_scale is not None:
-        vals = vals * qt.tensor_scale
+    vals = qt.padded_values()
     if spec.rht is not None and not keep_rht:
         vals = apply_rht(vals, spec.rht, spec.seed, inverse=True)
     rows, cols = _matrix_shape(qt.shape)

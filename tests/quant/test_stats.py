@@ -1,0 +1,30 @@
+"""Quantization statistics: clipped and flushed fractions and QSNR on constructed inputs."""
+
+import math
+
+import torch
+
+from fp4train import QuantSpec
+from fp4train.quant.stats import quant_stats
+
+
+def test_clipped_counts_ocp_saturation_and_ceil_rule_has_none():
+    x = torch.full((1, 32), 0.1)
+    x[0, 0] = 7.9  # floor rule: scale 1, 7.9 saturates to 6; ceil rule: scale 2, 7.9 → 8
+    assert quant_stats(x, QuantSpec("mxfp4"))["clipped"] == 1 / 32
+    assert quant_stats(x, QuantSpec("mxfp4", scale_rule="ceil"))["clipped"] == 0
+
+
+def test_flushed_counts_nonzero_values_that_decode_to_zero():
+    x = torch.zeros(1, 32)
+    x[0, 0], x[0, 1:5] = 6.0, 0.2  # 0.2 < 0.25: rounds to 0 with block scale 1
+    s = quant_stats(x, QuantSpec("mxfp4", scale_rule="ceil"))
+    assert s["flushed"] == 4 / 5 and s["clipped"] == 0
+
+
+def test_qsnr_is_infinite_for_exact_values_and_drops_with_fewer_bits():
+    grid = torch.tensor([0.5, 1, 1.5, 2, 3, 4, 6, 0] * 4).reshape(1, 32)
+    assert math.isinf(quant_stats(grid, QuantSpec("mxfp4", scale_rule="ceil"))["qsnr_db"])
+    x = torch.randn(64, 256)
+    fp4, fp8 = quant_stats(x, QuantSpec("mxfp4"))["qsnr_db"], quant_stats(x, QuantSpec("mxfp8"))["qsnr_db"]
+    assert 15 < fp4 < 22 < 28 < fp8 < 35
