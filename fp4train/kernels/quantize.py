@@ -1,0 +1,411 @@
+"""Fused Triton quantizers for the FP4 block formats: NVFP4 (1×16 and 16×16) and MXFP4 (floor, ceil).
+
+One pass reads a ``(M, K)`` bf16/fp16/fp32 matrix and writes, for the row-wise orientation
+(blocks along K), the column-wise one (blocks along M, i.e. ``quantize(x.T)``) or both:
+packed E2M1 codes (uint8, element ``2i`` in the low nibble), block scale codes (uint8 E4M3 /
+E8M0) and, for NVFP4, the FP32 tensor decode scale. Optional 16- or 32-point random Hadamard
+transform, applied in registers as a ``(n, d) @ (d, d)`` dot, and stochastic rounding from an
+explicit int32 bit tensor or in-kernel Philox bits.
+
+Each jitted function equals a named function of ``fp4train.quant`` bit for bit, and is written
+with exact float32 steps only (bit manipulation, power-of-two products, comparisons,
+``div_rn``): no ``tl.floor`` (lowered to ``cvt.rmi.ftz``, which flushes subnormals), no ``/``
+(``div.full.f32``, approximate), and launches pass ``enable_fp_fusion=False`` so no ``a*b+c``
+becomes an FMA. ``tests/kernels`` checks the PTX for these.
+
+The one place the kernel can differ from the reference is the RHT: both are float32 sums of 16
+(or 32) exact products ``x·(±1/4)``, but the order of the additions is the matmul's own (CPU
+BLAS vs the kernel's dot), so results agree bit for bit whenever those sums are exact in
+float32 and may differ by one ulp of the transformed value otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fp4train.quant.api import QuantizedTensor
+from fp4train.quant.blocks import _FP4_MAX_RECIPROCAL
+from fp4train.quant.hadamard import rht_matrix
+from fp4train.quant.spec import QuantSpec
+
+__all__ = ["supports", "quantize_fp4", "quantize_fp4_pair"]
+
+_ONE_SIXTH = float(_FP4_MAX_RECIPROCAL)  # fp32(1/6), exactly as the reference multiplies
+_TILE = 64  # rows and columns of x per program; a multiple of every block and RHT size
+_SUPPORTED_BLOCKS = {"nvfp4": ((1, 16), (16, 16)), "mxfp4": ((1, 32),)}
+_RHT_SIZES = (16, 32)
+
+
+# ----------------------------------------------------------------------------- element math
+
+
+@triton.jit
+def _floor_log2(a):
+    """Exact ``floor(log2(a))`` (int32) of finite ``a > 0``, subnormals included: equals
+    ``formats._floor_log2`` (``frexp``). The mantissa of a subnormal converts to float exactly."""
+    bits = a.to(tl.int32, bitcast=True)
+    exp_field = (bits >> 23) & 0xFF
+    mant = (bits & 0x7FFFFF).to(tl.float32)
+    sub = ((mant.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127 - 149
+    return tl.where(exp_field == 0, sub, exp_field - 127)
+
+
+@triton.jit
+def _round_up(t, rbits, SR_BITS: tl.constexpr):
+    """``(floor(t), up)`` for ``t >= 0`` in units of the grid step: RN-even (``SR_BITS = 0``),
+    or SR's rule ``floor(frac·2^b) + r >= 2^b`` with ``b = SR_BITS`` — ``formats.round_to_grid``."""
+    lo = t.to(tl.int32)  # truncation is floor for t >= 0, and exact
+    frac = t - lo.to(tl.float32)  # exact
+    if SR_BITS > 0:
+        up = ((frac * (1 << SR_BITS)).to(tl.int32) + rbits) >= (1 << SR_BITS)
+    else:
+        up = (frac > 0.5) | ((frac == 0.5) & ((lo & 1) == 1))
+    return lo, up.to(tl.int32)
+
+
+@triton.jit
+def _e2m1_codes(s, rbits, SR_BITS: tl.constexpr):
+    """E2M1 codes (int32, sign in bit 3) of float32 ``s``: equals
+    ``encode(round_to_grid(s, E2M1, rounding, rand, sr_bits), E2M1)`` (NaN → code 0)."""
+    a = tl.minimum(tl.abs(s), 6.0)
+    e = tl.maximum(((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, 0)  # binade, emin 0
+    t = a * tl.where(e == 0, 2.0, tl.where(e == 1, 1.0, 0.5))  # a / 2^(e-1), exact
+    lo, up = _round_up(t, rbits, SR_BITS)
+    code = lo + up + 2 * e
+    code = code | tl.where(s.to(tl.int32, bitcast=True) < 0, 8, 0)
+    return tl.where(s != s, 0, code)
+
+
+@triton.jit
+def _e4m3_rn(a):
+    """``(code, value)`` of ``round_to_grid(min(a, 448), E4M3, "rn")`` for float32 ``a >= 0``
+    (not NaN): RN-even on the 3-bit mantissa, subnormal step 2^-9 below 2^-6."""
+    a = tl.minimum(a, 448.0)
+    bits = a.to(tl.int32, bitcast=True)
+    rounded = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576  # clear the low 20 bits
+    lo, up = _round_up(a * 512.0, 0, 0)
+    sub_code = lo + up
+    normal = a >= 0.015625
+    code = tl.where(normal, (rounded >> 20) - (120 << 3), sub_code)
+    value = tl.where(normal, rounded.to(tl.float32, bitcast=True), sub_code.to(tl.float32) * 0.001953125)
+    return code, value
+
+
+@triton.jit
+def _nvfp4_tensor_scales(amax_t):
+    """``blocks.nvfp4_tensor_scales``: ``s_enc = min(2688/amax, FLT_MAX)`` (1 if amax = 0, NaN
+    if not finite), ``s_dec = 1/s_enc``, both correctly rounded."""
+    s_enc = tl.minimum(tl.math.div_rn(2688.0, amax_t), 3.4028234663852886e38)
+    s_enc = tl.where(amax_t == 0, 1.0, s_enc)
+    s_enc = tl.where(amax_t == float("inf"), float("nan"), s_enc)
+    return s_enc, tl.math.div_rn(1.0, s_enc)
+
+
+# ----------------------------------------------------------------------------- one tile
+
+
+@triton.jit
+def _rht(v, h_ptr, R: tl.constexpr, C: tl.constexpr, D: tl.constexpr):
+    """``hadamard.apply_rht(v, D, seed)`` of a tile: each group of ``D`` along the last dim times
+    ``R`` (``h_ptr``: the float32 ``(D, D)`` matrix), accumulated in float32. A 16-bit input has
+    at most 11 significant bits, so TF32 tensor cores form its products ``x·(±1/√D)`` exactly;
+    a float32 input takes the IEEE (FMA) path."""
+    i = tl.arange(0, D)
+    h = tl.load(h_ptr + i[:, None] * D + i[None, :])
+    g = tl.reshape(v.to(tl.float32), (R * C // D, D))
+    if v.dtype == tl.float32:
+        out = tl.dot(g, h, input_precision="ieee")
+    else:
+        out = tl.dot(g, h, input_precision="tf32")
+    return tl.reshape(out, (R, C))
+
+
+@triton.jit
+def _block_max(a, R: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    """Max of each (BR, BC) block of the (R, C) tile: ``blocks.block_amax`` (shape (R/BR, C/BC))."""
+    return tl.max(tl.max(tl.reshape(a, (R // BR, BR, C // BC, BC)), axis=3), axis=1)
+
+
+@triton.jit
+def _quantize_tile(
+    v, row0, col0, n_rows, n_cols, codes_ptr, scales_ptr, amax_ptr, ts_ptr, rand_ptr, seed,
+    R: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
+    MX: tl.constexpr, MX_CEIL: tl.constexpr, SR_BITS: tl.constexpr, PHILOX: tl.constexpr,
+    ONE_SIXTH: tl.constexpr,
+):
+    """Quantize the float32 tile ``v`` (R, C) at ``(row0, col0)`` of an ``(n_rows, n_cols)``
+    matrix with blocks (BR, BC) along its last dim, and store its packed codes, scale codes and
+    (NVFP4, first tile only) the tensor decode scale ``s_dec`` at ``ts_ptr``:
+    equals the body of ``api.quantize`` after the RHT (block amax, ``mx_scale_codes`` or
+    ``nvfp4_block_scale`` + ``encode(sb, E4M3)``, ``round_to_grid``, ``encode``, ``pack_fp4``)."""
+    rows = row0 + tl.arange(0, R)
+    cols = col0 + tl.arange(0, C)
+    a = tl.abs(v)
+    isnan = a != a
+    if MX:  # mx_scale_codes: a NaN block gets k = -127 (its amax is not > 0), an inf block k(1);
+        # its elements are encoded as usual (NaN → 0, inf → ±6)
+        nan_block = _block_max(isnan.to(tl.int32), R, C, BR, BC) > 0
+        amax = _block_max(tl.where(isnan, 0.0, a), R, C, BR, BC)
+        bad = nan_block | (amax == float("inf"))
+        safe = tl.where((amax > 0) & (amax < float("inf")), amax, 1.0)
+        k = _floor_log2(safe) - 2  # emax(E2M1) = 2
+        if MX_CEIL:  # 6·2^k < amax  <=>  significand of amax > 1.5 (6 = 1.5·2^2)
+            bits = safe.to(tl.int32, bitcast=True)
+            mant = bits & 0x7FFFFF
+            sub_log = ((mant.to(tl.float32).to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+            normal = ((bits >> 23) & 0xFF) != 0
+            above = tl.where(normal, mant > 0x400000, 2 * mant > (3 << sub_log))
+            k = k + above.to(tl.int32)
+        k = tl.where((amax > 0) & ~nan_block, k, -127)
+        k = tl.minimum(tl.maximum(k, -127), 127)
+        scale_code = tl.where(bad, 0xFF, k + 127)
+        enc = ((127 - k) << 23).to(tl.float32, bitcast=True)  # 2^-k, k <= 126 for finite amax
+    else:  # NaN and inf blocks alike: NaN scale, NaN elements (code 0)
+        amax = _block_max(tl.where(isnan, float("inf"), a), R, C, BR, BC)
+        bad = amax == float("inf")
+        s_enc, s_dec = _nvfp4_tensor_scales(tl.load(amax_ptr).to(tl.float32, bitcast=True))
+        tl.store(ts_ptr, s_dec, mask=(row0 == 0) & (col0 == 0))
+        sbf = amax * (s_enc * ONE_SIXTH)
+        bad = bad | (sbf != sbf)  # NaN s_enc: the tensor is not finite
+        scale_code, sb = _e4m3_rn(sbf)
+        scale_code = tl.where(bad, 0x7F, scale_code)
+        enc = tl.minimum(tl.math.div_rn(1.0, sb * s_dec), 3.4028234663852886e38)
+        enc = tl.where(bad, float("nan"), enc)  # NaN sb: every element becomes NaN (code 0)
+    enc4 = tl.broadcast_to(tl.reshape(enc, (R // BR, 1, C // BC, 1)), (R // BR, BR, C // BC, BC))
+    s = v * tl.reshape(enc4, (R, C))
+
+    offs = rows[:, None] * n_cols + cols[None, :]
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    rbits = 0
+    if SR_BITS > 0:
+        if PHILOX:
+            rbits = (tl.randint(seed, offs).to(tl.uint32, bitcast=True) >> (32 - SR_BITS)).to(tl.int32)
+        else:
+            rbits = tl.load(rand_ptr + offs, mask=mask, other=0)
+    codes = _e2m1_codes(s, rbits, SR_BITS)
+    lo, hi = tl.split(tl.reshape(codes, (R, C // 2, 2)))
+    packed = (lo | (hi << 4)).to(tl.uint8)
+    pcols = col0 // 2 + tl.arange(0, C // 2)
+    tl.store(
+        codes_ptr + rows[:, None] * (n_cols // 2) + pcols[None, :],
+        packed,
+        mask=(rows[:, None] < n_rows) & (pcols[None, :] < n_cols // 2),
+    )
+    srows = row0 // BR + tl.arange(0, R // BR)
+    scols = col0 // BC + tl.arange(0, C // BC)
+    tl.store(
+        scales_ptr + srows[:, None] * (n_cols // BC) + scols[None, :],
+        scale_code.to(tl.uint8),
+        mask=(srows[:, None] < n_rows // BR) & (scols[None, :] < n_cols // BC),
+    )
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _load_tile(x_ptr, M, K, stride, BM: tl.constexpr, BK: tl.constexpr):
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    cols = tl.program_id(1) * BK + tl.arange(0, BK)
+    mask = (rows[:, None] < M) & (cols[None, :] < K)
+    return tl.load(x_ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _tile_amax(v, h_ptr, R: tl.constexpr, C: tl.constexpr, D: tl.constexpr):
+    if D > 0:
+        v = _rht(v, h_ptr, R, C, D)
+    a = tl.abs(v.to(tl.float32))
+    a = tl.where(a != a, float("inf"), a)
+    return tl.max(tl.max(a, axis=1), axis=0)
+
+
+@triton.jit
+def _amax_kernel(
+    x_ptr, M, K, stride, amax_ptr, h_ptr,
+    BM: tl.constexpr, BK: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr,
+    ROW_RHT: tl.constexpr, COL_RHT: tl.constexpr,
+):
+    """``x.abs().amax()`` (of ``apply_rht(x)`` / ``apply_rht(x.T)`` where asked) for the row- and
+    column-wise orientations into ``amax_ptr[0:2]`` (int32 bit patterns, atomic max; NaN is
+    stored as inf, which gives the same NaN tensor scale)."""
+    x = _load_tile(x_ptr, M, K, stride, BM, BK)
+    if ROW:
+        tl.atomic_max(amax_ptr, _tile_amax(x, h_ptr, BM, BK, ROW_RHT).to(tl.int32, bitcast=True))
+    if COL:
+        tl.atomic_max(amax_ptr + 1, _tile_amax(tl.trans(x), h_ptr, BK, BM, COL_RHT).to(tl.int32, bitcast=True))
+
+
+@triton.jit
+def _quantize_kernel(
+    x_ptr, M, K, stride, amax_ptr, ts_ptr, h_ptr,
+    row_codes, row_scales, row_rand, row_seed,
+    col_codes, col_scales, col_rand, col_seed,
+    BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
+    MX: tl.constexpr, MX_CEIL: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr,
+    ROW_RHT: tl.constexpr, COL_RHT: tl.constexpr, ROW_SR: tl.constexpr, COL_SR: tl.constexpr,
+    PHILOX: tl.constexpr, ONE_SIXTH: tl.constexpr,
+):
+    """``api.quantize(x, spec)`` (ROW) and ``api.quantize(x.T, spec_col)`` (COL) from one read
+    of a (BM, BK) tile of ``x``; the tensor amaxes come from ``_amax_kernel``. ``*_RHT``: RHT size
+    (0: none); ``*_SR``: SR random bits per element (0: RN)."""
+    x = _load_tile(x_ptr, M, K, stride, BM, BK)
+    r0 = tl.program_id(0) * BM
+    c0 = tl.program_id(1) * BK
+    if ROW:
+        v = x
+        if ROW_RHT > 0:
+            v = _rht(v, h_ptr, BM, BK, ROW_RHT)
+        _quantize_tile(v.to(tl.float32), r0, c0, M, K, row_codes, row_scales, amax_ptr, ts_ptr, row_rand, row_seed,
+                       BM, BK, BR, BC, MX, MX_CEIL, ROW_SR, PHILOX, ONE_SIXTH)
+    if COL:
+        v = tl.trans(x)
+        if COL_RHT > 0:
+            v = _rht(v, h_ptr, BK, BM, COL_RHT)
+        _quantize_tile(v.to(tl.float32), c0, r0, K, M, col_codes, col_scales, amax_ptr + 1, ts_ptr + 1, col_rand, col_seed,
+                       BK, BM, BR, BC, MX, MX_CEIL, COL_SR, PHILOX, ONE_SIXTH)
+
+
+# ----------------------------------------------------------------------------- Python wrappers
+
+
+def supports(x: torch.Tensor, spec: QuantSpec, colwise: bool = False) -> bool:
+    """Whether the kernels handle ``quantize(x, spec)`` (or of ``x``'s matrix transpose): an FP4
+    format with a supported block, a 16/32-point RHT or none, bf16/fp16/fp32 input, whole blocks."""
+    if spec.fmt not in _SUPPORTED_BLOCKS or spec.block_shape not in _SUPPORTED_BLOCKS[spec.fmt]:
+        return False
+    if spec.rht not in (None, *_RHT_SIZES) or x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        return False
+    if x.dim() == 0:
+        return False
+    m, k = x.shape[:-1].numel(), x.shape[-1]
+    rows, cols = (k, m) if colwise else (m, k)
+    br, bc = spec.block_shape
+    return rows % br == 0 and cols % bc == 0 and cols % (spec.rht or 1) == 0 and rows > 0
+
+
+_RHT_CACHE: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+
+def _rht_on(d: int, seed: int, device: torch.device) -> torch.Tensor:
+    key = (d, seed, device)
+    if key not in _RHT_CACHE:
+        _RHT_CACHE[key] = rht_matrix(d, seed, device).contiguous()
+    return _RHT_CACHE[key]
+
+
+def _check(x: torch.Tensor, spec: QuantSpec, colwise: bool, rand: torch.Tensor | None, shape: tuple[int, int]) -> None:
+    if not supports(x, spec, colwise):
+        raise ValueError(
+            f"the FP4 kernels do not handle {spec} for a {x.dtype} input of shape {tuple(x.shape)} "
+            f"({'column' if colwise else 'row'}-wise); supported: fmt/block {_SUPPORTED_BLOCKS}, "
+            f"rht in {_RHT_SIZES} or None, bf16/fp16/fp32, whole blocks (no padding)"
+        )
+    if rand is not None and (tuple(rand.shape) != shape or rand.dtype != torch.int32):
+        raise ValueError(f"rand_bits must be int32 of shape {shape}, got {rand.dtype} {tuple(rand.shape)}")
+
+
+def quantize_fp4_pair(
+    x: torch.Tensor,
+    row_spec: QuantSpec | None,
+    col_spec: QuantSpec | None,
+    *,
+    row_rand: torch.Tensor | None = None,
+    col_rand: torch.Tensor | None = None,
+    seed: int | None = None,
+    amax: torch.Tensor | None = None,
+) -> tuple[QuantizedTensor | None, QuantizedTensor | None]:
+    """``(quantize(x, row_spec), quantize(x_mat.T, col_spec))`` from one read of ``x`` (viewed
+    as a matrix ``x_mat`` of shape (M, K)); either spec may be ``None`` to skip that orientation.
+
+    The two specs must share fmt, block and scale rule; rounding may differ, and so may the RHT
+    (one of the two may have none).
+    SR takes bits from ``row_rand`` (M, K) / ``col_rand`` (K, M) (int32 in ``[0, 2^sr_bits)``)
+    when given — then the result equals the reference called with ``rand_bits`` — else from
+    in-kernel Philox seeded with ``seed`` (default ``spec.seed``; the column-wise stream uses
+    ``seed + 1``). ``amax``: optional float32 ``(2,)`` tensor amaxes (row, col) for NVFP4,
+    e.g. from the producer of ``x``, which skips the amax pass.
+    """
+    specs = [s for s in (row_spec, col_spec) if s is not None]
+    if not specs:
+        raise ValueError("quantize_fp4_pair needs at least one of row_spec, col_spec")
+    first = specs[0]
+    for s in specs[1:]:
+        if (s.fmt, s.block_shape, s.mx_rule) != (first.fmt, first.block_shape, first.mx_rule):
+            raise ValueError(f"row and column specs must share fmt, block and scale_rule: {row_spec} vs {col_spec}")
+    rhts = {s.rht and (s.rht, s.seed) for s in specs} - {None}
+    if len(rhts) > 1:
+        raise ValueError(f"row and column specs must use the same RHT (size and seed) or none: {rhts}")
+    xm = x.reshape(-1, x.shape[-1])
+    if xm.stride(-1) != 1:
+        xm = xm.contiguous()
+    m, k = xm.shape
+    if row_spec is not None:
+        _check(x, row_spec, False, row_rand, (m, k))
+    if col_spec is not None:
+        _check(x, col_spec, True, col_rand, (k, m))
+    dev = x.device
+    d, rseed = next(iter(rhts)) if rhts else (0, 0)
+    h = _rht_on(d, rseed, dev) if d else torch.zeros(1, device=dev)
+    br, bc = first.block_shape
+    mx = first.format.scale == "e8m0"
+    u8 = torch.uint8
+    rc, rs, cc, cs = (torch.empty(0, dtype=u8, device=dev),) * 4
+    if row_spec is not None:
+        rc, rs = torch.empty(m, k // 2, dtype=u8, device=dev), torch.empty(m // br, k // bc, dtype=u8, device=dev)
+    if col_spec is not None:
+        cc, cs = torch.empty(k, m // 2, dtype=u8, device=dev), torch.empty(k // br, m // bc, dtype=u8, device=dev)
+    grid = (triton.cdiv(m, _TILE), triton.cdiv(k, _TILE))
+    row_d = (row_spec.rht or 0) if row_spec else 0
+    col_d = (col_spec.rht or 0) if col_spec else 0
+    if mx:
+        amax_buf = torch.zeros(2, dtype=torch.int32, device=dev)
+    elif amax is not None:
+        amax_buf = amax.to(torch.float32).view(torch.int32).reshape(2)
+    else:
+        amax_buf = torch.zeros(2, dtype=torch.int32, device=dev)
+        _amax_kernel[grid](
+            xm, m, k, xm.stride(0), amax_buf, h, BM=_TILE, BK=_TILE,
+            ROW=row_spec is not None, COL=col_spec is not None, ROW_RHT=row_d, COL_RHT=col_d,
+        )
+    base_seed = first.seed if seed is None else seed
+    row_sr = row_spec.sr_bits if row_spec is not None and row_spec.rounding == "sr" else 0
+    col_sr = col_spec.sr_bits if col_spec is not None and col_spec.rounding == "sr" else 0
+    explicit = (row_sr and row_rand is not None) or (col_sr and col_rand is not None)
+    if explicit and ((row_sr and row_rand is None) or (col_sr and col_rand is None)):
+        raise ValueError("pass explicit random bits for every SR orientation, or for none (Philox)")
+    dummy = torch.zeros(1, dtype=torch.int32, device=dev)
+    ts = torch.empty(2, dtype=torch.float32, device=dev)
+    _quantize_kernel[grid](
+        xm, m, k, xm.stride(0), amax_buf, ts, h,
+        rc, rs, row_rand if row_rand is not None else dummy, base_seed,
+        cc, cs, col_rand if col_rand is not None else dummy, base_seed + 1,
+        BM=_TILE, BK=_TILE, BR=br, BC=bc, MX=mx, MX_CEIL=first.mx_rule == "ceil",
+        ROW=row_spec is not None, COL=col_spec is not None, ROW_RHT=row_d, COL_RHT=col_d,
+        ROW_SR=row_sr, COL_SR=col_sr, PHILOX=not explicit, ONE_SIXTH=_ONE_SIXTH,
+        enable_fp_fusion=False,
+    )
+
+    def result(spec: QuantSpec | None, codes, scales, idx: int, shape: tuple[int, int]) -> QuantizedTensor | None:
+        if spec is None:
+            return None
+        tensor_scale = None if mx else ts[idx]
+        orig = x.shape if idx == 0 else torch.Size(shape)
+        return QuantizedTensor(spec, orig, x.dtype, codes, scales, tensor_scale, shape)
+
+    return result(row_spec, rc, rs, 0, (m, k)), result(col_spec, cc, cs, 1, (k, m))
+
+
+def quantize_fp4(
+    x: torch.Tensor,
+    spec: QuantSpec,
+    *,
+    rand_bits: torch.Tensor | None = None,
+    seed: int | None = None,
+) -> QuantizedTensor:
+    """``fp4train.quant.quantize(x, spec, rand_bits=rand_bits)`` on the GPU, bit for bit (SR with
+    ``rand_bits=None`` draws in-kernel Philox bits seeded with ``seed``, default ``spec.seed``)."""
+    row, _ = quantize_fp4_pair(x, spec, None, row_rand=rand_bits, seed=seed)
+    return row

@@ -1,0 +1,156 @@
+"""The fused FP4 quantization kernels equal ``fp4train.quant.quantize`` bit for bit (codes, block
+scales, tensor scale), run on the CPU by Triton's interpreter (see conftest.py)."""
+
+import numpy as np
+import pytest
+import torch
+
+from fp4train.kernels.quantize import quantize_fp4, quantize_fp4_pair, supports
+from fp4train.quant import QuantSpec, quantize
+from fp4train.quant.formats import unpack_fp4
+from tests.quant.test_block_quantizers import adversarial, extremes
+
+SPECS = {  # name: spec kwargs
+    "nvfp4": dict(fmt="nvfp4"),
+    "nvfp4_2d": dict(fmt="nvfp4", block=(16, 16)),
+    "mxfp4_floor": dict(fmt="mxfp4", scale_rule="floor"),
+    "mxfp4_ceil": dict(fmt="mxfp4", scale_rule="ceil"),
+}
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def heavy_tailed(rows: int = 64, cols: int = 128, seed: int = 2) -> np.ndarray:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, cols, generator=g) * torch.randn(rows, cols, generator=g).mul(2).exp()).numpy()
+
+
+INPUTS = {
+    "heavy_tailed": heavy_tailed,
+    "adversarial": lambda: adversarial(64, 128),
+    "extremes": lambda: extremes(64, 128),
+}
+
+
+def sr_bits(shape, bits: int = 16, seed: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2**bits, shape, generator=g, dtype=torch.int32)
+
+
+def assert_same(kernel, ref, what: str) -> None:
+    assert kernel.padded == ref.padded and kernel.shape == ref.shape, what
+    for name in ("data", "scales"):
+        k, r = getattr(kernel, name), getattr(ref, name)
+        bad = (k != r).nonzero()
+        assert bad.numel() == 0, f"{what}: {name} differ at {bad[:4].tolist()}: kernel {k[tuple(bad[0])]} ref {r[tuple(bad[0])]}"
+    if ref.tensor_scale is None:
+        assert kernel.tensor_scale is None, what
+    else:
+        k, r = kernel.tensor_scale, ref.tensor_scale
+        assert k.shape == r.shape and (torch.equal(k, r) or (k.isnan() & r.isnan()).item()), f"{what}: tensor scale {k} vs {r}"
+
+
+@pytest.mark.parametrize("rounding", ["rn", "sr"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("data", INPUTS)
+def test_rowwise_equals_reference(name, dtype, rounding, data):
+    x = torch.from_numpy(INPUTS[data]()).to(dtype)
+    spec = QuantSpec(**SPECS[name], rounding=rounding)
+    bits = sr_bits(x.shape) if rounding == "sr" else None
+    assert_same(quantize_fp4(x, spec, rand_bits=bits), quantize(x, spec, rand_bits=bits), f"{name} {dtype} {rounding} {data}")
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_both_orientations_from_one_read(name):
+    """Row-wise RN and column-wise SR (the dy recipe) from one launch, each equal to the reference
+    of its own orientation; leading dims are flattened into rows."""
+    x = torch.from_numpy(heavy_tailed(96, 64)).reshape(3, 32, 64).to(torch.bfloat16)
+    row, col = QuantSpec(**SPECS[name]), QuantSpec(**SPECS[name], rounding="sr", sr_bits=8)
+    bits = sr_bits((64, 96), bits=8)
+    k_row, k_col = quantize_fp4_pair(x, row, col, col_rand=bits)
+    assert_same(k_row, quantize(x, row), f"{name} row")
+    assert_same(k_col, quantize(x.reshape(96, 64).T.contiguous(), col, rand_bits=bits), f"{name} col")
+
+
+def exactly_summable(rows: int, cols: int, seed: int) -> torch.Tensor:
+    """Multiples of 1/8 below 16: every 16-term RHT sum is exact in float32 (and in bf16 inputs),
+    so the kernel's summation order cannot matter."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-128, 128, (rows, cols), generator=g).float() / 8
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", ["nvfp4", "mxfp4_ceil"])
+def test_rht_equals_reference_when_sums_are_exact(name, dtype):
+    """The Wgrad recipe: RHT along the reduction dim in both orientations, SR column-wise."""
+    x = exactly_summable(64, 128, seed=4).to(dtype)
+    x[5, :32] = 0  # zero groups: the transform of zeros is zero
+    row = QuantSpec(**SPECS[name], rht=16, seed=7)
+    col = QuantSpec(**SPECS[name], rht=16, seed=7, rounding="sr")
+    bits = sr_bits((128, 64))
+    k_row, k_col = quantize_fp4_pair(x, row, col, col_rand=bits)
+    assert_same(k_row, quantize(x, row), f"{name} rht row")
+    assert_same(k_col, quantize(x.T.contiguous(), col, rand_bits=bits), f"{name} rht col")
+
+
+def test_rht_on_arbitrary_floats_differs_at_most_by_summation_order():
+    """On arbitrary float32 input the transformed values may differ in the last bit (matmul
+    summation order), which can move a code across a rounding boundary: rarely, and by one step."""
+    x = torch.from_numpy(heavy_tailed(64, 128, seed=5))
+    spec = QuantSpec("mxfp4", rht=32, seed=3)  # power-of-two scales: codes depend only on the sums
+    k, r = unpack_fp4(quantize_fp4(x, spec).data).long(), unpack_fp4(quantize(x, spec).data).long()
+    step = (k & 7) - (r & 7)
+    assert (step != 0).float().mean() < 1e-2
+    assert step.abs().max() <= 1
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_non_finite_blocks_get_nan_scales(name):
+    x = torch.from_numpy(heavy_tailed(32, 64))
+    x[0, 3] = float("nan")
+    x[17, 40] = float("inf")
+    x[20, 0] = -float("inf")
+    spec = QuantSpec(**SPECS[name])
+    k = quantize_fp4(x, spec)
+    assert_same(k, quantize(x, spec), name)
+    nan_code = 0xFF if spec.fmt == "mxfp4" else 0x7F
+    assert (k.scales == nan_code).sum() >= 3 or spec.block_shape == (16, 16)
+    if spec.fmt == "nvfp4":
+        assert k.tensor_scale.isnan()
+
+
+@pytest.mark.parametrize("name", ["nvfp4", "mxfp4_floor"])
+def test_tiny_and_subnormal_inputs(name):
+    """Subnormal float32 inputs and tensors of 1e-30 / 1e-38: no flush to zero anywhere."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(32, 64, generator=g)
+    x[:16] *= 1e-30
+    x[16:24] *= 1e-38
+    x[24:] *= 1e-42  # float32 subnormals
+    spec = QuantSpec(**SPECS[name])
+    for t in (x, x[24:], x[16:]):
+        assert_same(quantize_fp4(t, spec), quantize(t, spec), f"{name} tiny")
+
+
+def test_philox_sr_rounds_to_a_neighbour_and_is_reproducible():
+    """In-kernel SR bits: each code is the round-down or round-up of its value (the reference with
+    all-zero / all-one bits), the same seed gives the same codes, another seed other codes."""
+    x = torch.from_numpy(heavy_tailed(64, 128, seed=8))
+    spec = QuantSpec("nvfp4", rounding="sr")
+    zeros = torch.zeros(x.shape, dtype=torch.int32)
+    down = unpack_fp4(quantize(x, spec, rand_bits=zeros).data)
+    up = unpack_fp4(quantize(x, spec, rand_bits=zeros + 2**16 - 1).data)
+    a = unpack_fp4(quantize_fp4(x, spec, seed=1).data)
+    assert ((a == down) | (a == up)).all()
+    assert (a == up).any() and (a == down).any()
+    assert torch.equal(a, unpack_fp4(quantize_fp4(x, spec, seed=1).data))
+    assert not torch.equal(a, unpack_fp4(quantize_fp4(x, spec, seed=2).data))
+
+
+def test_unsupported_specs_are_refused_by_name():
+    x = torch.zeros(16, 48)
+    assert not supports(x, QuantSpec("nvfp4", block=(1, 32)))
+    assert not supports(x, QuantSpec("mxfp8"))
+    assert not supports(x, QuantSpec("mxfp4"))  # 48 is not a whole number of 32-blocks
+    with pytest.raises(ValueError, match="mxfp8"):
+        quantize_fp4(x, QuantSpec("mxfp8"))
