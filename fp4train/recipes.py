@@ -23,11 +23,28 @@ from dataclasses import dataclass, field, fields, replace
 
 from fp4train.quant import QuantSpec
 
-__all__ = ["OPERANDS", "GEMMS", "Recipe", "RecipeConfig", "RECIPE_DEFAULTS", "build_recipe"]
+__all__ = ["OPERANDS", "GEMMS", "QRampingConfig", "Recipe", "RecipeConfig", "RECIPE_DEFAULTS", "SR_SCOPES", "build_recipe"]
 
 OPERANDS = ("x_fprop", "w_fprop", "dy_dgrad", "w_dgrad", "dy_wgrad", "x_wgrad")
 GEMMS = {"fprop": ("x_fprop", "w_fprop"), "dgrad": ("dy_dgrad", "w_dgrad"), "wgrad": ("dy_wgrad", "x_wgrad")}
 BF16 = QuantSpec("bf16")
+# Which operands stochastic rounding applies to when ``sr`` is on: the gradient dy only
+# (NVIDIA, arXiv 2509.25149 §4), or every backward operand Q3–Q6 (TetraJet §3, Table 1).
+SR_SCOPES = {"grad": ("dy_dgrad", "dy_wgrad"), "backward": ("dy_dgrad", "w_dgrad", "dy_wgrad", "x_wgrad")}
+
+
+@dataclass(frozen=True)
+class QRampingConfig:
+    """Q-Ramping hyperparameters (TetraJet §6, Alg. 2): every ``every_n_steps`` optimizer steps,
+    ``calib_steps`` (T0) plain steps measure each weight's oscillation ratio ``R_w`` and are then
+    undone; its update period becomes ``min(k2·floor(R_w/k1) + 1, n_max)``. ``n_max`` is ours
+    (the preprint's value is not in our notes)."""
+
+    k1: float = 16.0
+    k2: int = 5
+    n_max: int = 16
+    calib_steps: int = 30
+    every_n_steps: int = 1000
 
 
 @dataclass(frozen=True)
@@ -36,6 +53,8 @@ class Recipe:
 
     ``double_quant`` (TetraJet §3): the Dgrad copy of W and the Wgrad copy of x are quantized
     from the *dequantized forward* operands instead of the full-precision tensors.
+    ``q_ema_decay``: TetraJet's Q-EMA weight quantizer (after ``q_ema_warmup`` EMA updates);
+    ``q_ramping``: TetraJet's Q-Ramping optimizer (see ``fp4train.tetrajet``).
     ``skip_incompatible``: a layer whose features do not fit the blocks stays BF16 instead of
     raising. ``include``/``exclude``: regular expressions on module names (``re.search``).
     """
@@ -53,6 +72,9 @@ class Recipe:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     skip_incompatible: bool = False
+    q_ema_decay: float | None = None
+    q_ema_warmup: int = 10
+    q_ramping: QRampingConfig | None = None
 
     def spec(self, operand: str) -> QuantSpec:
         return getattr(self, operand)
@@ -75,21 +97,32 @@ class RecipeConfig:
     """A named recipe plus ablation switches (``None`` = the recipe's default).
 
     Switches: ``rht`` (16-point RHT on the Wgrad inputs), ``rht_size``, ``sr`` (stochastic
-    rounding of the gradient dy in Dgrad and Wgrad), ``weight_2d`` (square weight tiles, so W
-    and Wᵀ quantize alike), ``bf16_first_blocks``/``bf16_last_blocks``, ``scale_rule`` (MX),
-    ``double_quant``, ``seed`` (RHT signs and SR streams).
+    rounding; ``sr_scope``: ``grad`` = dy in Dgrad and Wgrad, ``backward`` = all four backward
+    operands), ``weight_2d`` (square weight tiles, so W and Wᵀ quantize alike),
+    ``bf16_first_blocks``/``bf16_last_blocks``, ``scale_rule`` (MX), ``double_quant``,
+    ``q_ema_decay``/``q_ema_warmup`` (Q-EMA), ``q_ramping`` and ``ramping_*`` (Q-Ramping),
+    ``seed`` (RHT signs and SR streams).
     """
 
     name: str = "nvfp4"
     rht: bool | None = None
     rht_size: int | None = None
     sr: bool | None = None
+    sr_scope: str | None = None
     weight_2d: bool | None = None
     bf16_first_blocks: int | None = None
     bf16_last_blocks: int | None = None
     scale_rule: str | None = None
     double_quant: bool | None = None
     skip_incompatible: bool | None = None
+    q_ema_decay: float | None = None
+    q_ema_warmup: int | None = None
+    q_ramping: bool | None = None
+    ramping_k1: float | None = None
+    ramping_k2: int | None = None
+    ramping_n_max: int | None = None
+    ramping_calib_steps: int | None = None
+    ramping_every_n_steps: int | None = None
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     seed: int = 0
@@ -102,12 +135,16 @@ class _Defaults:
     rht: bool = False
     rht_size: int = 16
     sr: bool = False
+    sr_scope: str = "grad"
     weight_2d: bool = False
     bf16_first_blocks: int = 0
     bf16_last_blocks: int = 0
     scale_rule: str | None = None
     double_quant: bool = False
     skip_incompatible: bool = False
+    q_ema_decay: float | None = None
+    q_ema_warmup: int = 10
+    q_ramping: bool = False
 
 
 RECIPE_DEFAULTS: dict[str, _Defaults] = {
@@ -124,10 +161,20 @@ RECIPE_DEFAULTS: dict[str, _Defaults] = {
     "nvfp4": _Defaults(
         "nvfp4", "nvfp4", rht=True, rht_size=16, sr=True, weight_2d=True, bf16_first_blocks=2, bf16_last_blocks=8
     ),
+    # TetraJet (arXiv 2502.20853 §3): MXFP4 for all six operands, truncation-free ("ceil") scales,
+    # SR on the four backward quantizers Q3–Q6, double quantization; + Q-EMA (§5) / Q-Ramping (§6).
+    "tetrajet": _Defaults("mxfp4", "mxfp4", sr=True, sr_scope="backward", scale_rule="ceil", double_quant=True),
+    "tetrajet_qema": _Defaults(
+        "mxfp4", "mxfp4", sr=True, sr_scope="backward", scale_rule="ceil", double_quant=True, q_ema_decay=0.998
+    ),
+    "tetrajet_qramping": _Defaults(
+        "mxfp4", "mxfp4", sr=True, sr_scope="backward", scale_rule="ceil", double_quant=True, q_ramping=True
+    ),
 }
 
 
 def _spec(fmt: str, *, block=None, rounding="rn", rht=None, scale_rule=None, seed=0, pad=False) -> QuantSpec:
+    """A spec, or the identity for ``bf16`` (which ignores every other argument)."""
     if fmt == "bf16":
         return BF16
     return QuantSpec(fmt, block=block, rounding=rounding, rht=rht, scale_rule=scale_rule, seed=seed, pad=pad)
@@ -152,24 +199,40 @@ def build_recipe(cfg: RecipeConfig | str) -> Recipe:
         if cols is None:
             raise ValueError(f"weight_2d needs a block format; recipe {cfg.name!r} scales {d.fwd_fmt} per tensor")
         w_block = (cols[1], cols[1])
+    if d.sr_scope not in SR_SCOPES:
+        raise ValueError(f"unknown sr_scope {d.sr_scope!r}; valid: {sorted(SR_SCOPES)}")
+    if d.q_ema_decay is not None and not 0 <= d.q_ema_decay < 1:
+        raise ValueError(f"q_ema_decay must be in [0, 1), got {d.q_ema_decay}")
+    if (d.q_ema_decay is not None or d.q_ramping) and d.fwd_fmt not in ("mxfp4", "mxfp8"):
+        raise ValueError(f"Q-EMA and Q-Ramping are defined for MX recipes; recipe {cfg.name!r} uses {d.fwd_fmt}")
     rht = d.rht_size if d.rht else None
-    seed = cfg.seed
-    grad_rounding = "sr" if d.sr else "rn"
-    fwd = dict(scale_rule=rule, seed=seed)
+    sr_operands = SR_SCOPES[d.sr_scope] if d.sr else ()
+    common = dict(scale_rule=rule, seed=cfg.seed)
     # Wgrad reduces over tokens, whose count varies: pad to whole blocks (zeros add nothing).
-    wgrad = dict(scale_rule=rule, seed=seed, rht=rht, pad=True)
+    wgrad = dict(common, rht=rht, pad=True)
+
+    def spec(operand: str, fmt: str, **kw) -> QuantSpec:
+        return _spec(fmt, rounding="sr" if operand in sr_operands else "rn", **kw)
+
+    ramping = None
+    if d.q_ramping:
+        given = {k: getattr(cfg, f"ramping_{k}") for k in ("k1", "k2", "n_max", "calib_steps", "every_n_steps")}
+        ramping = QRampingConfig(**{k: v for k, v in given.items() if v is not None})
     return Recipe(
         name=cfg.name,
-        x_fprop=_spec(d.fwd_fmt, **fwd),
-        w_fprop=_spec(d.fwd_fmt, block=w_block, **fwd),
-        dy_dgrad=_spec(d.grad_fmt, rounding=grad_rounding, **fwd),
-        w_dgrad=_spec(d.fwd_fmt, block=w_block, **fwd),
-        dy_wgrad=_spec(d.grad_fmt, rounding=grad_rounding, **wgrad),
-        x_wgrad=_spec(d.fwd_fmt, **wgrad),
+        x_fprop=spec("x_fprop", d.fwd_fmt, **common),
+        w_fprop=spec("w_fprop", d.fwd_fmt, block=w_block, **common),
+        dy_dgrad=spec("dy_dgrad", d.grad_fmt, **common),
+        w_dgrad=spec("w_dgrad", d.fwd_fmt, block=w_block, **common),
+        dy_wgrad=spec("dy_wgrad", d.grad_fmt, **wgrad),
+        x_wgrad=spec("x_wgrad", d.fwd_fmt, **wgrad),
         double_quant=d.double_quant,
         bf16_first_blocks=d.bf16_first_blocks,
         bf16_last_blocks=d.bf16_last_blocks,
         include=tuple(cfg.include),
         exclude=tuple(cfg.exclude),
         skip_incompatible=d.skip_incompatible,
+        q_ema_decay=d.q_ema_decay,
+        q_ema_warmup=d.q_ema_warmup,
+        q_ramping=ramping,
     )

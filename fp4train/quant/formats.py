@@ -35,6 +35,7 @@ __all__ = [
     "E5M2",
     "ELEMENT_FORMATS",
     "round_to_grid",
+    "grid_neighbours",
     "encode",
     "decode",
     "e8m0_encode_exponent",
@@ -100,6 +101,26 @@ def _exp2(e: torch.Tensor) -> torch.Tensor:
     return torch.ldexp(torch.ones_like(e, dtype=torch.float32), e)
 
 
+def _grid_position(x: torch.Tensor, fmt: ElementFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(t, quantum)`` with ``|x|`` (saturated at ``max``) ``= t · quantum`` exactly and the grid
+    points around ``|x|`` at ``floor(t)·quantum`` and ``(floor(t) + 1)·quantum``."""
+    if x.dtype != torch.float32:
+        raise TypeError(f"expected float32, got {x.dtype}")
+    a = x.abs().clamp(max=fmt.max)  # saturate; clamp keeps NaN
+    e = _floor_log2(a).clamp(min=fmt.emin)
+    quantum = _exp2(e - fmt.mbits)
+    return a / quantum, quantum  # exact: power-of-two scaling, t < 2^(mbits+1)
+
+
+def grid_neighbours(x: torch.Tensor, fmt: ElementFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grid points of ``fmt`` on either side of float32 ``x``: ``(toward zero, away from
+    zero)``, both with the sign of ``x`` (equal when ``x`` is on the grid; ``±max`` beyond it)."""
+    t, quantum = _grid_position(x, fmt)
+    lo = torch.floor(t)
+    hi = torch.where(t > lo, lo + 1, lo)
+    return torch.copysign(lo * quantum, x), torch.copysign(hi * quantum, x)
+
+
 def round_to_grid(
     x: torch.Tensor,
     fmt: ElementFormat,
@@ -112,14 +133,9 @@ def round_to_grid(
     ``rand`` (SR only): integers in ``[0, 2^sr_bits)``, one per element, any integer dtype.
     The sign of ``x`` is kept (``-0.1 -> -0.0``); NaN stays NaN; ``±inf`` saturates.
     """
-    if x.dtype != torch.float32:
-        raise TypeError(f"round_to_grid expects float32, got {x.dtype}")
     if rounding not in ROUNDINGS:
         raise ValueError(f"unknown rounding {rounding!r}; valid: {ROUNDINGS}")
-    a = x.abs().clamp(max=fmt.max)  # saturate; clamp keeps NaN
-    e = _floor_log2(a).clamp(min=fmt.emin)
-    quantum = _exp2(e - fmt.mbits)
-    t = a / quantum  # exact: power-of-two scaling, t < 2^(mbits+1)
+    t, quantum = _grid_position(x, fmt)
     if rounding == "rn":
         q = torch.round(t)  # round half to even
     else:
