@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from fp4train.linear import QuantLinear
 from fp4train.recipes import Recipe, RecipeConfig, build_recipe
+from fp4train.tetrajet import QEMALinear
 
 __all__ = ["ConversionReport", "convert", "find_blocks"]
 
@@ -117,7 +118,8 @@ def convert(model: nn.Module, recipe: Recipe | RecipeConfig | str) -> Conversion
         if why is not None or recipe.is_bf16:
             report.rows.append((name, shape, blk, "bf16", why or "recipe is bf16"))
             continue
-        _set_module(model, name, QuantLinear.from_linear(module, recipe, layer_id))
+        layer_cls = QEMALinear if recipe.q_ema_decay is not None else QuantLinear
+        _set_module(model, name, layer_cls.from_linear(module, recipe, layer_id))
         report.rows.append((name, shape, blk, recipe.name, ""))
         layer_id += 1
     return report
