@@ -49,6 +49,12 @@ def quantized_matmul(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dt
         )
     if a.shape[-1] != b.shape[-1]:
         raise ValueError(f"reduction dims differ: A {tuple(a.shape)} vs B {tuple(b.shape)}")
+    if a.data.is_cuda:  # --- GPU dispatch (fp4train.kernels): Triton FP4 GEMM / FP8 _scaled_mm ---
+        from fp4train.kernels.dispatch import matmul_on_gpu
+
+        out = matmul_on_gpu(a, b, out_dtype)
+        if out is not None:
+            return out  # --- end of GPU dispatch ---
     va, ta = scaled_operand(a)
     vb, tb = scaled_operand(b)
     va, vb = _match_width(va.float(), vb.float())

@@ -112,6 +112,12 @@ def quantize(
         raise TypeError(f"quantize expects a floating-point tensor ({_FLOAT_DTYPES}), got {getattr(x, 'dtype', type(x))}")
     if x.dim() == 0:
         raise ValueError("quantize needs at least one dimension (blocks run along the last one)")
+    if x.is_cuda:  # --- GPU dispatch (fp4train.kernels): the fused kernel, same result ---
+        from fp4train.kernels.dispatch import quantize_on_gpu
+
+        qt = quantize_on_gpu(x, spec, generator, rand_bits)
+        if qt is not None:
+            return qt  # --- end of GPU dispatch ---
     shape, dtype = x.shape, x.dtype
     if spec.is_identity and spec.rht is None:
         return QuantizedTensor(spec, shape, dtype, x, None, None, _matrix_shape(shape))

@@ -1,0 +1,65 @@
+"""Routing from ``fp4train.quant.quantize`` and ``fp4train.gemm.quantized_matmul`` to the kernels.
+
+Each function returns ``None`` when no kernel handles the call; the caller then runs the
+reference code, so CPU tensors and unsupported specs behave exactly as before.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fp4train.quant.api import QuantizedTensor
+from fp4train.quant.spec import QuantSpec
+
+from .gemm import fp4_matmul, fp4_supported, fp8_matmul, fp8_supported
+from .quantize import quantize_fp4, supports
+
+__all__ = ["quantize_on_gpu", "matmul_on_gpu", "philox_seed"]
+
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def philox_seed(spec: QuantSpec, generator: torch.Generator | None) -> int:
+    """The in-kernel Philox seed for SR without explicit bits: ``spec.seed`` without a generator
+    (equal calls give equal bits, as in the reference); else one derived from the generator's
+    state, which then advances, so later calls draw other bits. A CUDA generator is read through
+    its seed and Philox offset, without a device synchronisation."""
+    if generator is None:
+        return spec.seed
+    if generator.device.type == "cpu":
+        return int(torch.randint(0, 2**62, (1,), generator=generator))
+    offset = generator.get_offset()
+    generator.set_offset(offset + 4)
+    return (generator.initial_seed() + offset * _GOLDEN) % 2**62
+
+
+def quantize_on_gpu(
+    x: torch.Tensor,
+    spec: QuantSpec,
+    generator: torch.Generator | None = None,
+    rand_bits: torch.Tensor | None = None,
+) -> QuantizedTensor | None:
+    """``quantize(x, spec, ...)`` by the fused kernel for a CUDA ``x`` and a supported spec: bit
+    for bit the reference with ``rand_bits``; with SR and no bits, in-kernel Philox bits (the
+    same rule and distribution as the reference, another random stream)."""
+    if not x.is_cuda or not supports(x, spec):
+        return None
+    if rand_bits is not None:
+        m, k = x.shape[:-1].numel(), x.shape[-1]
+        if tuple(rand_bits.shape) != (m, k):
+            return None  # the reference raises the error that names the expected shape
+        rand_bits = rand_bits.to(device=x.device, dtype=torch.int32)
+    seed = philox_seed(spec, generator) if spec.rounding == "sr" and rand_bits is None else None
+    return quantize_fp4(x, spec, rand_bits=rand_bits, seed=seed)
+
+
+def matmul_on_gpu(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype) -> torch.Tensor | None:
+    """``quantized_matmul(a, b, out_dtype)`` on CUDA operands: FP4 × FP4 by the emulated Triton
+    GEMM, per-tensor FP8 by ``torch._scaled_mm``; ``None`` for anything else."""
+    if not (a.data.is_cuda and b.data.is_cuda):
+        return None
+    if fp4_supported(a, b):
+        return fp4_matmul(a, b, out_dtype)
+    if fp8_supported(a, b):
+        return fp8_matmul(a, b, out_dtype)
+    return None

@@ -1,0 +1,176 @@
+"""Emulated FP4 GEMM in Triton, and real FP8 GEMMs through ``torch._scaled_mm``.
+
+``fp4_matmul(a, b)`` equals ``fp4train.gemm.quantized_matmul(a, b)`` for two FP4 operands
+(NVFP4 or MXFP4, any supported block): each program loads packed E2M1 codes and uint8 block
+scales, forms ``A' = element · block_scale`` in registers — at most 2 + 4 significant bits, so
+exact in bf16 — and multiplies on the bf16 tensor cores with FP32 accumulation; the tensor
+scales are applied at the end, ``(acc · t_a) · t_b``, in the reference's order. The products are
+exact, so the result differs from the reference only by the FP32 summation order (relative
+error ~1e-6, not bit for bit: neither torch's CPU matmul nor the tensor cores fix an order).
+
+The K loop runs over even and odd elements separately (low and high nibbles): two dots over
+``BK/2`` columns each. A dot's sum is order-free in exact arithmetic, so this permutation of K
+costs nothing but rounding order, and saves the interleave of the two nibbles.
+
+Under ``TRITON_INTERPRET=1`` (the CPU tests) the operands go to the dot as float32 — the same
+exact values — because the interpreter of Triton 3.9 computes bf16 dots wrongly (NumPy has no
+bf16).
+
+``fp8_matmul(a, b)`` runs per-tensor FP8 operands (``fp8_e4m3`` / ``fp8_e5m2``, not both E5M2)
+on Hopper's FP8 tensor cores: ``_scaled_mm(codes_a, codes_bᵀ, s_a, s_b)`` with FP32 output.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fp4train.quant.api import QuantizedTensor
+
+__all__ = ["fp4_supported", "fp4_matmul", "fp8_supported", "fp8_matmul"]
+
+_FP4_FORMATS = ("nvfp4", "mxfp4")
+_FP8_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+# (BM, BN, BK, GROUP_M, num_warps, num_stages); BK a multiple of every block width (16, 32)
+DEFAULT_CONFIG = (128, 128, 128, 8, 8, 3)
+
+
+@triton.jit
+def _e2m1_value(c):
+    """float32 value of E2M1 codes (int32 in 0..15): ``formats.decode(c, E2M1)``."""
+    mag = c & 7
+    e = mag >> 1
+    normal = ((e + 126) << 23) | ((mag & 1) << 22)  # (1 + m/2)·2^(e-1)
+    half = (mag & 1) * 0x3F000000  # e = 0: 0 or 0.5
+    bits = tl.where(e == 0, half, normal) | ((c & 8) << 28)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _scale_value(c, MX: tl.constexpr):
+    """float32 value of block scale codes (int32 in 0..255): ``e8m0_decode`` (MX) or
+    ``formats.decode(c, E4M3)`` (NVFP4); NaN codes give NaN."""
+    if MX:
+        v = tl.where(c == 0, 5.877471754111438e-39, (c << 23).to(tl.float32, bitcast=True))  # 2^-127
+        return tl.where(c == 255, float("nan"), v)
+    e = (c >> 3) & 15
+    normal = (((e + 120) << 23) | ((c & 7) << 20)).to(tl.float32, bitcast=True)
+    v = tl.where(e == 0, (c & 7).to(tl.float32) * 0.001953125, normal)
+    return tl.where((c & 0x7F) == 0x7F, float("nan"), v)
+
+
+@triton.jit
+def _operand_halves(codes_ptr, scales_ptr, rows, n_rows, k0, K, BK: tl.constexpr, BR: tl.constexpr,
+                    BC: tl.constexpr, MX: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """``element · block_scale`` (exact in bf16; ``DOT_DTYPE``) of the even and odd columns ``k0 .. k0+BK`` of the given rows
+    (each (R, BK/2)): ``padded_values(with_tensor_scale=False)[rows, k0::2]`` and ``[rows, k0+1::2]``."""
+    pc = k0 // 2 + tl.arange(0, BK // 2)
+    mask = (rows[:, None] < n_rows) & (pc[None, :] < K // 2)
+    packed = tl.load(codes_ptr + rows[:, None] * (K // 2) + pc[None, :], mask=mask, other=0).to(tl.int32)
+    sc = (2 * pc) // BC
+    s = tl.load(scales_ptr + (rows[:, None] // BR) * (K // BC) + sc[None, :], mask=mask, other=0).to(tl.int32)
+    scale = _scale_value(s, MX)
+    lo = (_e2m1_value(packed & 15) * scale).to(DOT_DTYPE)
+    hi = (_e2m1_value(packed >> 4) * scale).to(DOT_DTYPE)
+    return lo, hi
+
+
+@triton.jit
+def _fp4_gemm_kernel(
+    a_codes, a_scales, b_codes, b_scales, c_ptr, ta_ptr, tb_ptr, M, N, K,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+    A_BR: tl.constexpr, A_BC: tl.constexpr, A_MX: tl.constexpr,
+    B_BR: tl.constexpr, B_BC: tl.constexpr, B_MX: tl.constexpr,
+    HAS_TA: tl.constexpr, HAS_TB: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):
+    """``C = ((A' B'ᵀ) · t_a) · t_b`` (``fp4train.gemm.quantized_matmul``) for FP4 ``A`` (M, K)
+    and ``B`` (N, K); grouped program order for L2 reuse of ``B``."""
+    pid = tl.program_id(0)
+    n_m, n_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
+    group = pid // (GROUP_M * n_n)
+    first_m = group * GROUP_M
+    size_m = tl.minimum(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * n_n)) % size_m
+    pid_n = (pid % (GROUP_M * n_n)) // size_m
+    rows_a = pid_m * BM + tl.arange(0, BM)
+    rows_b = pid_n * BN + tl.arange(0, BN)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        a_lo, a_hi = _operand_halves(a_codes, a_scales, rows_a, M, k0, K, BK, A_BR, A_BC, A_MX, DOT_DTYPE)
+        b_lo, b_hi = _operand_halves(b_codes, b_scales, rows_b, N, k0, K, BK, B_BR, B_BC, B_MX, DOT_DTYPE)
+        acc = tl.dot(a_lo, tl.trans(b_lo), acc, input_precision="ieee")
+        acc = tl.dot(a_hi, tl.trans(b_hi), acc, input_precision="ieee")
+    if HAS_TA:
+        acc = acc * tl.load(ta_ptr)
+    if HAS_TB:
+        acc = acc * tl.load(tb_ptr)
+    mask = (rows_a[:, None] < M) & (rows_b[None, :] < N)
+    tl.store(c_ptr + rows_a[:, None] * N + rows_b[None, :], acc.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+def fp4_supported(a: QuantizedTensor, b: QuantizedTensor) -> bool:
+    """Both operands FP4 (NVFP4/MXFP4) with 1- or 16-row blocks of 16/32 and the same padded K."""
+    ok = all(q.spec.fmt in _FP4_FORMATS and q.spec.block_shape[1] in (16, 32) for q in (a, b))
+    return ok and a.padded[1] == b.padded[1] and a.padded[1] % 32 == 0
+
+
+def fp4_matmul(
+    a: QuantizedTensor,
+    b: QuantizedTensor,
+    out_dtype: torch.dtype = torch.float32,
+    config: tuple[int, int, int, int, int, int] = DEFAULT_CONFIG,
+) -> torch.Tensor:
+    """``quantized_matmul(a, b, out_dtype)`` for FP4 operands (see ``fp4_supported``), computed by
+    ``_fp4_gemm_kernel``: ``A Bᵀ`` cropped to the unpadded (M, N)."""
+    if not fp4_supported(a, b):
+        raise ValueError(
+            f"fp4_matmul needs NVFP4/MXFP4 operands with blocks of width 16/32 and equal padded K "
+            f"(a multiple of 32); got {a.spec.fmt} {a.padded} block {a.spec.block_shape} and "
+            f"{b.spec.fmt} {b.padded} block {b.spec.block_shape}"
+        )
+    (mp, k), (np_, _) = a.padded, b.padded
+    bm, bn, bk, group_m, warps, stages = config
+    c = torch.empty(mp, np_, dtype=out_dtype, device=a.data.device)
+    dummy = torch.ones(1, dtype=torch.float32, device=a.data.device)
+    grid = (triton.cdiv(mp, bm) * triton.cdiv(np_, bn),)
+    _fp4_gemm_kernel[grid](
+        a.data, a.scales, b.data, b.scales, c,
+        a.tensor_scale if a.tensor_scale is not None else dummy,
+        b.tensor_scale if b.tensor_scale is not None else dummy,
+        mp, np_, k, BM=bm, BN=bn, BK=bk, GROUP_M=group_m,
+        A_BR=a.spec.block_shape[0], A_BC=a.spec.block_shape[1], A_MX=a.spec.fmt == "mxfp4",
+        B_BR=b.spec.block_shape[0], B_BC=b.spec.block_shape[1], B_MX=b.spec.fmt == "mxfp4",
+        HAS_TA=a.tensor_scale is not None, HAS_TB=b.tensor_scale is not None,
+        DOT_DTYPE=tl.float32 if triton.knobs.runtime.interpret else tl.bfloat16,
+        num_warps=warps, num_stages=stages,
+    )
+    m, n = a.shape[:-1].numel(), b.shape[:-1].numel()
+    return c[:m, :n]
+
+
+def fp8_supported(a: QuantizedTensor, b: QuantizedTensor) -> bool:
+    """Per-tensor FP8 operands that cuBLASLt multiplies: not both E5M2, dims multiples of 16."""
+    if a.spec.fmt not in _FP8_DTYPES or b.spec.fmt not in _FP8_DTYPES:
+        return False
+    if a.spec.fmt == b.spec.fmt == "fp8_e5m2":
+        return False
+    (m, k), (n, kb) = a.padded, b.padded
+    return k == kb and k % 16 == 0 and n % 16 == 0 and m % 16 == 0
+
+
+def fp8_matmul(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``quantized_matmul(a, b)`` for per-tensor FP8 on FP8 tensor cores: ``_scaled_mm`` computes
+    ``(s_a·s_b)·(A Bᵀ)`` with FP32 accumulation (not ``(acc·s_a)·s_b``: last-bit differences)."""
+    if not fp8_supported(a, b):
+        raise ValueError(
+            f"fp8_matmul needs per-tensor FP8 operands (not both E5M2) with dims multiples of 16; "
+            f"got {a.spec.fmt} {a.padded} and {b.spec.fmt} {b.padded}"
+        )
+    qa = a.data.view(_FP8_DTYPES[a.spec.fmt])
+    qb = b.data.view(_FP8_DTYPES[b.spec.fmt])
+    out = torch._scaled_mm(
+        qa, qb.t(), scale_a=a.scales.reshape(()).float(), scale_b=b.scales.reshape(()).float(), out_dtype=torch.float32
+    )
+    m, n = a.shape[:-1].numel(), b.shape[:-1].numel()
+    return out[:m, :n].to(out_dtype)

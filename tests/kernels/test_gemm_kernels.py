@@ -1,0 +1,54 @@
+"""The emulated FP4 GEMM equals ``fp4train.gemm.quantized_matmul`` up to FP32 summation order
+(its products are exact), run on the CPU by Triton's interpreter (see conftest.py)."""
+
+import pytest
+import torch
+
+from fp4train.gemm import quantized_matmul
+from fp4train.kernels.gemm import fp4_matmul, fp4_supported, fp8_supported
+from fp4train.quant import QuantSpec, quantize
+
+SMALL = (32, 32, 64, 4, 4, 1)  # BM, BN, BK, GROUP_M, warps, stages: several programs and K steps
+
+PAIRS = {  # name: (spec of A, spec of B) — the Fprop operands of each recipe
+    "nvfp4": (QuantSpec("nvfp4"), QuantSpec("nvfp4", block=(16, 16))),
+    "nvfp4_rht_sr": (QuantSpec("nvfp4", rht=16, rounding="sr"), QuantSpec("nvfp4", rht=16)),
+    "mxfp4": (QuantSpec("mxfp4"), QuantSpec("mxfp4", scale_rule="ceil")),
+}
+
+
+def operands(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(m, k, generator=g) * torch.randn(m, k, generator=g).exp()
+    b = torch.randn(n, k, generator=g) * 3
+    return a, b
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", PAIRS)
+def test_fp4_gemm_matches_reference(name, out_dtype):
+    a, b = operands(48, 80, 192, seed=0)  # M, N not multiples of the tile: masked edges
+    sa, sb = PAIRS[name]
+    qa, qb = quantize(a, sa), quantize(b, sb)
+    out = fp4_matmul(qa, qb, out_dtype, config=SMALL)
+    ref = quantized_matmul(qa, qb, out_dtype=torch.float32)
+    assert out.shape == ref.shape and out.dtype == out_dtype
+    tol = 1e-6 if out_dtype == torch.float32 else 8e-3
+    err = (out.float() - ref).norm() / ref.norm()
+    assert err < tol, f"{name}: relative error {err:.2e}"
+
+
+def test_fp4_gemm_propagates_nan_scales():
+    a, b = operands(32, 32, 64, seed=1)
+    a[3, 5] = float("nan")
+    qa, qb = quantize(a, QuantSpec("mxfp4")), quantize(b, QuantSpec("mxfp4"))
+    out = fp4_matmul(qa, qb, config=SMALL)
+    assert torch.equal(out.isnan(), quantized_matmul(qa, qb).isnan()) and out[3].isnan().all()
+
+
+def test_unsupported_operands_are_refused():
+    a = quantize(torch.randn(16, 64), QuantSpec("nvfp4"))
+    f8 = quantize(torch.randn(16, 64), QuantSpec("fp8_e5m2"))
+    assert not fp4_supported(a, f8) and not fp8_supported(f8, f8)
+    with pytest.raises(ValueError, match="fp8_e5m2"):
+        fp4_matmul(a, f8)
