@@ -1,0 +1,377 @@
+"""GPU check and benchmark of fp4train's kernels, in one command (a few minutes on one GPU):
+
+    PYTHONUNBUFFERED=1 python -m experiments.bench.run --out results/
+
+1. warms Triton's and Inductor's caches in parallel worker processes (compiles dominate);
+2. checks on the GPU, against the CPU reference: the quantizers bit for bit (codes, scales,
+   tensor scale; RHT on exactly summable inputs), the FP4/FP8 GEMMs by relative error;
+3. times (median of ``triton.testing.do_bench``) the device copy bandwidth, each quantizer
+   variant (and the reference ``quantize`` eager and under ``torch.compile``), the GEMMs at
+   M×N×K = 8192×4096×4096 against bf16, and a ``QuantLinear`` fwd+bwd against ``nn.Linear``;
+4. writes ``bench.json`` and ``bench.md`` (a Markdown table) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+import fp4train.kernels.dispatch as dispatch
+from fp4train.gemm import quantized_matmul
+from fp4train.kernels.gemm import DEFAULT_CONFIG, fp4_matmul, fp8_matmul
+from fp4train.kernels.quantize import quantize_fp4_pair
+from fp4train.quant import QuantSpec, quantize
+
+T0 = time.time()
+M, K, N = 8192, 4096, 4096  # tokens, in features, out features
+NV = QuantSpec("nvfp4")
+NV_SR = QuantSpec("nvfp4", rounding="sr")
+NV_2D = QuantSpec("nvfp4", block=(16, 16))
+NV_RHT = QuantSpec("nvfp4", rht=16)
+NV_SR_RHT = QuantSpec("nvfp4", rht=16, rounding="sr")
+MX = QuantSpec("mxfp4")
+MX_CEIL_SR = QuantSpec("mxfp4", scale_rule="ceil", rounding="sr")
+QUANT_VARIANTS = {  # name: (row spec, column spec)
+    "nvfp4 row rn (x fprop)": (NV, None),
+    "nvfp4 row sr (dy dgrad)": (NV_SR, None),
+    "nvfp4 16x16 row rn (W)": (NV_2D, None),
+    "nvfp4 col rn rht16 (x wgrad)": (None, NV_RHT),
+    "nvfp4 row rn + col rn rht16 (x both)": (NV, NV_RHT),
+    "nvfp4 row sr + col sr rht16 (dy both)": (NV_SR, NV_SR_RHT),
+    "nvfp4 16x16 row + col (W both)": (NV_2D, NV_2D),
+    "mxfp4 floor row rn": (MX, None),
+    "mxfp4 ceil row sr": (MX_CEIL_SR, None),
+    "mxfp4 floor col rn": (None, MX),
+}
+GEMM_CONFIGS = [DEFAULT_CONFIG, (128, 256, 128, 8, 8, 3), (128, 128, 64, 8, 4, 4), (256, 128, 128, 8, 8, 3)]
+COMPILED_REFERENCES = {"nvfp4 row rn (x fprop)": NV, "mxfp4 floor row rn": MX}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.time() - T0:6.1f}s] {msg}", flush=True)
+
+
+def ms(fn) -> float:
+    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+@contextlib.contextmanager
+def reference_mode():
+    """Switch the GPU dispatch of ``fp4train.quant.quantize`` off: the torch reference on the GPU."""
+    saved = dispatch.quantize_on_gpu
+    dispatch.quantize_on_gpu = lambda *a, **k: None
+    try:
+        yield
+    finally:
+        dispatch.quantize_on_gpu = saved
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def heavy_tailed(rows: int, cols: int, seed: int) -> torch.Tensor:
+    """Heavy-tailed values with E2M1 ties, subnormal E4M3 scales and float32-subnormal rows."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=g) * torch.randn(rows, cols, generator=g).mul(2).exp()
+    x[0] = 0
+    x[1, :64] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0] * 8)  # E2M1 ties
+    x[2, :32] = 6 * 2.0**-8 * torch.linspace(-1, 1, 32)  # subnormal E4M3 scales
+    x[5, :32] = torch.randn(32, generator=g) * 1e-38
+    x[6, :32] = torch.randn(32, generator=g) * 1e-42  # float32 subnormals
+    return x
+
+
+def extremes(rows: int, cols: int, seed: int) -> torch.Tensor:
+    x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
+    x[3, :32], x[4, :32] = 1e-30, 1e30
+    return x
+
+
+def tiny(rows: int, cols: int, seed: int) -> torch.Tensor:
+    """A whole tensor near the bottom of float32: NVFP4's s_dec and sb·s_dec are subnormal."""
+    return heavy_tailed(rows, cols, seed) * 1e-37
+
+
+def nonfinite(rows: int, cols: int, seed: int) -> torch.Tensor:
+    x = heavy_tailed(rows, cols, seed)
+    x[7, 3], x[8, 40], x[9, 0] = float("nan"), float("inf"), -float("inf")
+    return x
+
+
+def exactly_summable(rows: int, cols: int, seed: int) -> torch.Tensor:
+    """Multiples of 1/8 below 16: RHT sums are exact in any order."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-128, 128, (rows, cols), generator=g).float() / 8
+
+
+def exactly_summable_tiny(rows: int, cols: int, seed: int) -> torch.Tensor:
+    return exactly_summable(rows, cols, seed) * 2.0**-130  # float32 subnormals: fixed point, exact
+
+
+INPUTS = {"heavy": heavy_tailed, "extremes": extremes, "tiny": tiny, "nonfinite": nonfinite}
+RHT_INPUTS = {"exact": exactly_summable, "exact_subnormal": exactly_summable_tiny}
+
+
+# ----------------------------------------------------------------------------- 1. warm-up
+
+
+def _warm(job: tuple[str, str]) -> str:
+    kind, name = job
+    t = time.time()
+    torch.manual_seed(0)
+    if kind == "quant":
+        row, col = QUANT_VARIANTS[name]
+        x = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16)
+        quantize_fp4_pair(x, row, col)
+        if row is not None and row.rounding == "sr" or col is not None and col.rounding == "sr":
+            quantize_fp4_pair(
+                x, row, col,
+                row_rand=torch.zeros(256, 512, dtype=torch.int32, device="cuda") if row is not None and row.rounding == "sr" else None,
+                col_rand=torch.zeros(512, 256, dtype=torch.int32, device="cuda") if col is not None and col.rounding == "sr" else None,
+            )
+        quantize_fp4_pair(x.float(), row, col)
+    elif kind == "gemm":
+        cfg = GEMM_CONFIGS[int(name)]
+        for sa, sb in ((NV, NV_2D), (MX, MX)):
+            a = quantize(torch.randn(256, 512, device="cuda"), sa)
+            b = quantize(torch.randn(256, 512, device="cuda"), sb)
+            fp4_matmul(a, b, torch.bfloat16, config=cfg)
+    elif kind == "linear":
+        from fp4train.linear import QuantLinear
+
+        layer = QuantLinear(512, 256, bias=False, recipe=name, device="cuda")
+        x = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        layer(x).backward(torch.randn(256, 256, device="cuda", dtype=torch.bfloat16))
+    elif kind == "compile":
+        spec = COMPILED_REFERENCES[name]
+        with reference_mode():
+            torch.compile(lambda v: quantize(v, spec))(torch.randn(M, K, device="cuda", dtype=torch.bfloat16))
+    torch.cuda.synchronize()
+    return f"{kind} {name}: {time.time() - t:.1f}s"
+
+
+def warm_caches(workers: int) -> None:
+    jobs = [("quant", n) for n in QUANT_VARIANTS] + [("gemm", str(i)) for i in range(len(GEMM_CONFIGS))]
+    jobs += [("linear", "nvfp4"), ("linear", "mxfp4")] + [("compile", n) for n in COMPILED_REFERENCES]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for msg in pool.imap_unordered(_warm, jobs):
+            log(f"warm {msg}")
+
+
+# ----------------------------------------------------------------------------- 2. checks
+
+
+def same(k, r) -> bool:
+    ts = (k.tensor_scale is None and r.tensor_scale is None) or (
+        torch.equal(k.tensor_scale.cpu(), r.tensor_scale) or bool(k.tensor_scale.isnan() and r.tensor_scale.isnan())
+    )
+    return torch.equal(k.data.cpu(), r.data) and torch.equal(k.scales.cpu(), r.scales) and ts
+
+
+def check_quantizers() -> dict:
+    results = {}
+    for name, (row, col) in QUANT_VARIANTS.items():
+        rht = (row.rht if row else None) or (col.rht if col else None)
+        for data, make in (RHT_INPUTS if rht else INPUTS).items():
+            for dtype in (torch.bfloat16, torch.float32):
+                x = make(512, 1024, seed=1).to(dtype)
+                g = torch.Generator().manual_seed(2)
+                rb = torch.randint(0, 2**16, (512, 1024), generator=g, dtype=torch.int32) if row and row.rounding == "sr" else None
+                cb = torch.randint(0, 2**16, (1024, 512), generator=g, dtype=torch.int32) if col and col.rounding == "sr" else None
+                kr, kc = quantize_fp4_pair(
+                    x.cuda(), row, col,
+                    row_rand=rb.cuda() if rb is not None else None, col_rand=cb.cuda() if cb is not None else None,
+                )
+                ok = True
+                if row is not None:
+                    ok &= same(kr, quantize(x, row, rand_bits=rb))
+                if col is not None:
+                    ok &= same(kc, quantize(x.T.contiguous(), col, rand_bits=cb))
+                results[f"{name} {data} {str(dtype)[6:]}"] = ok
+    # RHT on arbitrary floats: the summation order may move a code by one step
+    x = heavy_tailed(512, 1024, seed=3)
+    x = torch.where(x.isfinite(), x, 0)
+    k, _ = quantize_fp4_pair(x.cuda(), NV_RHT, None)
+    results["rht16 on arbitrary float32: fraction of codes differing"] = (k.data.cpu() != quantize(x, NV_RHT).data).float().mean().item()
+    # the public entry point dispatches CUDA tensors to the kernels, transposed views included
+    x = heavy_tailed(256, 512, seed=4)
+    results["quantize() dispatch, contiguous"] = same(quantize(x.cuda(), NV), quantize(x, NV))
+    results["quantize() dispatch, transposed view"] = same(quantize(x.cuda().T, MX), quantize(x.T.contiguous(), MX))
+    return results
+
+
+def check_gemms() -> dict:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(1024, 2048, generator=g) * torch.randn(1024, 2048, generator=g).exp()
+    b = torch.randn(768, 2048, generator=g)
+    out = {}
+    for name, (sa, sb, fn) in {
+        "nvfp4 x nvfp4-16x16 (Triton)": (NV, NV_2D, fp4_matmul),
+        "mxfp4 x mxfp4 (Triton)": (MX, MX, fp4_matmul),
+        "nvfp4 rht16 sr x rht16 (Triton)": (NV_SR_RHT, NV_RHT, fp4_matmul),
+        "fp8_e4m3 x fp8_e4m3 (_scaled_mm)": (QuantSpec("fp8_e4m3"), QuantSpec("fp8_e4m3"), fp8_matmul),
+        "fp8_e5m2 x fp8_e4m3 (_scaled_mm)": (QuantSpec("fp8_e5m2"), QuantSpec("fp8_e4m3"), fp8_matmul),
+    }.items():
+        qa, qb = quantize(a, sa), quantize(b, sb)
+        ref = quantized_matmul(qa, qb)  # CPU reference
+        qa_gpu = type(qa)(qa.spec, qa.shape, qa.dtype, qa.data.cuda(), qa.scales.cuda(),
+                          None if qa.tensor_scale is None else qa.tensor_scale.cuda(), qa.padded)
+        qb_gpu = type(qb)(qb.spec, qb.shape, qb.dtype, qb.data.cuda(), qb.scales.cuda(),
+                          None if qb.tensor_scale is None else qb.tensor_scale.cuda(), qb.padded)
+        res = fn(qa_gpu, qb_gpu).cpu()
+        out[name] = ((res - ref).norm() / ref.norm()).item()
+    return out
+
+
+# ----------------------------------------------------------------------------- 3. timings
+
+
+def copy_bandwidth() -> float:
+    x = torch.empty(2**28, dtype=torch.float32, device="cuda").normal_()
+    y = torch.empty_like(x)
+    return 2 * x.numel() * 4 / ms(lambda: y.copy_(x)) / 1e6  # GB/s (1e9 B/s): read + write
+
+
+def time_quantizers(copy_gbs: float) -> list[dict]:
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    rows = []
+    for name, (row, col) in QUANT_VARIANTS.items():
+        spec = row or col
+        bc = spec.block_shape[1]
+        written = sum(M * K // 2 + M * K // bc for s in (row, col) if s is not None)
+        useful = M * K * 2 + written
+        t = ms(lambda: quantize_fp4_pair(x, row, col))
+        entry = {"variant": name, "ms": t, "GB/s": useful / t / 1e6, "frac_copy_bw": useful / t / 1e6 / copy_gbs}
+        if spec.fmt == "nvfp4":  # two passes: the tensor amax reads x once more
+            entry["frac_copy_bw_actual_bytes"] = (useful + M * K * 2) / t / 1e6 / copy_gbs
+            amax = torch.full((2,), 4.0, device="cuda")
+            t1 = ms(lambda: quantize_fp4_pair(x, row, col, amax=amax))
+            entry.update({"ms_amax_given": t1, "frac_copy_bw_amax_given": useful / t1 / 1e6 / copy_gbs})
+        if name in COMPILED_REFERENCES:
+            with reference_mode():
+                entry["ms_reference_eager"] = ms(lambda: quantize(x, spec))
+                try:
+                    compiled = torch.compile(lambda v: quantize(v, spec))
+                    compiled(x)
+                    entry["ms_reference_compiled"] = ms(lambda: compiled(x))
+                except Exception as e:  # record why, keep the rest
+                    entry["reference_compiled_error"] = repr(e)[:300]
+        rows.append(entry)
+        log(f"quantize {name}: {t * 1e3:.1f} us, {entry['frac_copy_bw']:.0%} of copy bandwidth")
+    return rows
+
+
+def time_gemms() -> list[dict]:
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
+    flop = 2 * M * N * K
+    t_bf16 = ms(lambda: x @ w.T)
+    rows = [{"gemm": "bf16 torch.matmul", "ms": t_bf16, "TFLOP/s": flop / t_bf16 / 1e9, "vs_bf16": 1.0}]
+    for name, (sa, sb) in {"nvfp4 x nvfp4-16x16": (NV, NV_2D), "mxfp4 x mxfp4": (MX, MX)}.items():
+        qa, qb = quantize(x, sa), quantize(w, sb)
+        for cfg in GEMM_CONFIGS:
+            t = ms(lambda: fp4_matmul(qa, qb, torch.bfloat16, config=cfg))
+            rows.append({"gemm": f"{name} Triton {cfg}", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
+            log(f"gemm {rows[-1]['gemm']}: {t:.3f} ms")
+    qa, qb = quantize(x, QuantSpec("fp8_e4m3")), quantize(w, QuantSpec("fp8_e4m3"))
+    t = ms(lambda: fp8_matmul(qa, qb, torch.bfloat16))
+    rows.append({"gemm": "fp8_e4m3 _scaled_mm", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
+    return rows
+
+
+def time_linears() -> list[dict]:
+    from fp4train.linear import QuantLinear
+
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
+    ref = torch.nn.Linear(K, N, bias=False, device="cuda", dtype=torch.bfloat16)
+    t_ref = ms(lambda: ref(x).backward(dy))
+    rows = [{"linear": "bf16 nn.Linear fwd+bwd", "ms": t_ref, "vs_bf16": 1.0}]
+    for recipe in ("nvfp4", "mxfp4"):
+        layer = QuantLinear(K, N, bias=False, recipe=recipe, device="cuda")
+        t = ms(lambda: layer(x).backward(dy))
+        rows.append({"linear": f"QuantLinear {recipe} fwd+bwd (kernels)", "ms": t, "vs_bf16": t_ref / t})
+        log(f"linear {recipe}: {t:.3f} ms vs bf16 {t_ref:.3f} ms")
+    return rows
+
+
+# ----------------------------------------------------------------------------- 4. report
+
+
+def environment() -> dict:
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip()
+    return {"gpu": torch.cuda.get_device_name(), "nvidia_smi": smi, "torch": torch.__version__,
+            "cuda": torch.version.cuda, "triton": triton.__version__}
+
+
+def markdown(res: dict) -> str:
+    env = res["environment"]
+    lines = [f"# fp4train kernel benchmark\n\n{env['gpu']} ({env['nvidia_smi']}), torch {env['torch']}, "
+             f"CUDA {env['cuda']}, Triton {env['triton']}. Copy bandwidth (read + write): "
+             f"{res['copy_GBs']:.0f} GB/s. Command: `python -m experiments.bench.run`.\n",
+             "## Quantize, bf16 input 8192×4096 (fraction of copy bandwidth, bytes = 1 read + writes)\n",
+             "| variant | µs | of copy BW | NVFP4: with amax pass bytes | NVFP4 amax given: µs / of BW | ref eager µs | ref torch.compile µs |",
+             "|---|---|---|---|---|---|---|"]
+    for r in res["quantize"]:
+        def f(key, scale=1e3, fmt="{:.0f}"):
+            return fmt.format(r[key] * scale) if key in r else ""
+        lines.append(f"| {r['variant']} | {f('ms')} | {r['frac_copy_bw']:.0%} | "
+                     f"{f('frac_copy_bw_actual_bytes', 100, '{:.0f}%')} | "
+                     f"{f('ms_amax_given')} {f('frac_copy_bw_amax_given', 100, '/ {:.0f}%')} | "
+                     f"{f('ms_reference_eager')} | {f('ms_reference_compiled')} |")
+    lines += ["\n## GEMM 8192×4096×4096 (M×N×K), bf16 output\n", "| GEMM | ms | TFLOP/s | speed vs bf16 |", "|---|---|---|---|"]
+    lines += [f"| {r['gemm']} | {r['ms']:.3f} | {r['TFLOP/s']:.0f} | {r['vs_bf16']:.2f} |" for r in res["gemm"]]
+    lines += ["\n## Linear 8192 tokens, 4096 → 4096, fwd + bwd\n", "| layer | ms | speed vs bf16 |", "|---|---|---|"]
+    lines += [f"| {r['linear']} | {r['ms']:.3f} | {r['vs_bf16']:.2f} |" for r in res["linear"]]
+    lines += ["\n## GPU checks against the CPU reference\n", "| check | result |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in {**res["check_quantize"], **{f'GEMM rel. error {k}': f'{v:.1e}' for k, v in res['check_gemm'].items()}}.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("experiments/bench/results"))
+    p.add_argument("--workers", type=int, default=12)
+    p.add_argument("--skip", nargs="*", default=[], choices=["warm", "check", "quantize", "gemm", "linear"])
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    res: dict = {"environment": environment()}
+    log(str(res["environment"]))
+    if "warm" not in args.skip:
+        warm_caches(args.workers)
+    if "check" not in args.skip:
+        res["check_quantize"] = check_quantizers()
+        res["check_gemm"] = check_gemms()
+        log(f"checks: {res['check_quantize']} {res['check_gemm']}")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    res["copy_GBs"] = copy_bandwidth()
+    log(f"copy bandwidth {res['copy_GBs']:.0f} GB/s")
+    for part, fn in (("quantize", lambda: time_quantizers(res["copy_GBs"])), ("gemm", time_gemms), ("linear", time_linears)):
+        if part not in args.skip:
+            try:
+                res[part] = fn()
+            except Exception as e:  # keep the other parts' numbers
+                res[part] = []
+                res[f"{part}_error"] = repr(e)
+                log(f"{part} failed: {e!r}")
+            (args.out / "bench.json").write_text(json.dumps(res, indent=1))
+    res.setdefault("check_quantize", {}), res.setdefault("check_gemm", {})
+    for part in ("quantize", "gemm", "linear"):
+        res.setdefault(part, [])
+    (args.out / "bench.md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
