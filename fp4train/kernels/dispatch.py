@@ -12,7 +12,7 @@ from fp4train.quant.api import QuantizedTensor
 from fp4train.quant.spec import QuantSpec
 
 from .gemm import fp4_matmul, fp4_supported, fp8_matmul, fp8_supported
-from .quantize import quantize_fp4, supports
+from .quantize import quantize_fp4, quantize_fp4_pair, supports
 
 __all__ = ["quantize_on_gpu", "matmul_on_gpu", "philox_seed"]
 
@@ -50,6 +50,9 @@ def quantize_on_gpu(
             return None  # the reference raises the error that names the expected shape
         rand_bits = rand_bits.to(device=x.device, dtype=torch.int32)
     seed = philox_seed(spec, generator) if spec.rounding == "sr" and rand_bits is None else None
+    if x.dim() == 2 and x.stride(0) == 1 and x.stride(1) != 1:  # x = y.T of a contiguous y
+        _, qt = quantize_fp4_pair(x.T, None, spec, col_rand=rand_bits, seed=seed)
+        return qt  # column-wise of y is row-wise of x: no transposed copy
     return quantize_fp4(x, spec, rand_bits=rand_bits, seed=seed)
 
 

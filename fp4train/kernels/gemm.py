@@ -22,6 +22,8 @@ on Hopper's FP8 tensor cores: ``_scaled_mm(codes_a, codes_bᵀ, s_a, s_b)`` with
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -142,7 +144,7 @@ def fp4_matmul(
         A_BR=a.spec.block_shape[0], A_BC=a.spec.block_shape[1], A_MX=a.spec.fmt == "mxfp4",
         B_BR=b.spec.block_shape[0], B_BC=b.spec.block_shape[1], B_MX=b.spec.fmt == "mxfp4",
         HAS_TA=a.tensor_scale is not None, HAS_TB=b.tensor_scale is not None,
-        DOT_DTYPE=tl.float32 if triton.knobs.runtime.interpret else tl.bfloat16,
+        DOT_DTYPE=tl.float32 if os.environ.get("TRITON_INTERPRET") == "1" else tl.bfloat16,
         num_warps=warps, num_stages=stages,
     )
     m, n = a.shape[:-1].numel(), b.shape[:-1].numel()
