@@ -272,8 +272,11 @@ def main(argv: list[str] | None = None) -> None:
     prep.add_argument("--block-size", type=int, default=16384, help="bytes per split block")
     prep.add_argument("--suffix", action="append", help=f"suffixes searched in directories (default {DEFAULT_SUFFIXES})")
     args = parser.parse_args(argv)
-    sources = text_sources(args.inputs, tuple(args.suffix) if args.suffix else DEFAULT_SUFFIXES)
-    meta = write_token_files(sources, args.out, args.dtype, args.val_fraction, args.block_size)
+    try:
+        sources = text_sources(args.inputs, tuple(args.suffix) if args.suffix else DEFAULT_SUFFIXES)
+        meta = write_token_files(sources, args.out, args.dtype, args.val_fraction, args.block_size)
+    except (OSError, ValueError) as e:
+        parser.exit(2, f"error: {e}\n")
     print(f"wrote {args.out}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
           f"from {meta['n_files']} files ({args.dtype})")
 

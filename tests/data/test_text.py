@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fp4train.data import build_datasets
-from fp4train.data.text import TokenWindows, _is_val_block, stdlib_sources, write_token_files
+from fp4train.data.text import TokenWindows, _is_val_block, main, stdlib_sources, write_token_files
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -181,3 +181,10 @@ def test_unknown_dataset_or_field_error_lists_valid_choices():
         build_datasets("cifar")
     with pytest.raises(ValueError, match=r"unknown StdlibTextConfig fields \['seqlen'\].*'seq_len'"):
         build_datasets("stdlib_text", seqlen=3)
+
+
+def test_prepare_command_reports_a_missing_input_without_traceback(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", "--out", "/tmp/unused", "/no/such/input"])
+    assert exit_info.value.code == 2
+    assert "error: text input /no/such/input does not exist (expected a text file or a directory)" in capsys.readouterr().err
