@@ -44,7 +44,7 @@ class HybridLMConfig:
     rope: bool = False
     rope_theta: float = 10000.0
     mamba_expand: int = 2
-    mamba_head_dim: int = 16
+    mamba_head_dim: int = 8
     mamba_n_groups: int = 2
     mamba_d_state: int = 32
     mamba_d_conv: int = 4
@@ -200,7 +200,7 @@ SIZES: dict[str, dict] = {
     "micro": {},
     "tiny": dict(
         pattern="M-M-M-M*-M-M-M-M-", d_model=384, n_heads=6, n_kv_heads=2,
-        mamba_head_dim=48, mamba_n_groups=2, mamba_d_state=64, mamba_chunk_size=128,
+        mamba_head_dim=24, mamba_n_groups=2, mamba_d_state=64, mamba_chunk_size=128,
     ),
     "small": dict(
         pattern="M-M-M-M*-" * 3 + "M-", d_model=768, n_heads=12, n_kv_heads=4,
