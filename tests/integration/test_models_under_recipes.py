@@ -24,8 +24,7 @@ def batch(name: str, g: torch.Generator):
 @pytest.mark.parametrize("name", ["vit", "hybrid_lm"])
 def test_model_trains_under_recipe_and_reports_its_conversion(name, recipe):
     torch.manual_seed(0)
-    overrides = {"mamba_head_dim": 8} if name == "hybrid_lm" else {}  # in_proj out 672: a multiple of 32 for MX
-    model = build_model(name, "micro", **overrides)
+    model = build_model(name, "micro")
     report = convert(model, RecipeConfig(name=recipe, bf16_first_blocks=0, bf16_last_blocks=1))
     n_quant = sum(isinstance(m, QuantLinear) for m in model.modules())
     assert len(report.quantized) == n_quant
