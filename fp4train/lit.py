@@ -1,0 +1,214 @@
+"""LightningModules for LM pretraining and image classification, and their data module.
+
+The training loop is step-based: ``trainer.max_steps`` optimizer steps over an endless sample
+stream. ``StepSampler`` makes that stream a pure function of ``(seed, position)``, split so that
+one optimizer step sees the same global batch whatever the number of processes and gradient
+accumulation; a resumed run restarts it at ``global_step`` — the same continuation as an
+uninterrupted run.
+
+Shared by both modules (``TrainModule``): AdamW + LR schedule from ``fp4train.optim``, the
+precision schedule applied before every step, throughput and LR logging, the global RNG state
+in checkpoints, and a stop on a non-finite loss (the step is skipped, so the weights and the
+last checkpoint stay finite; the message names the step and the last checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_only
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fp4train.optim import OptimConfig, build_optimizer, build_scheduler
+from fp4train.schedule import PrecisionSchedule
+
+__all__ = ["DIVERGED_FILE", "ImageClassifierModule", "LanguageModelModule", "MODULES", "StepDataModule", "StepSampler", "TrainModule"]
+
+log = logging.getLogger(__name__)
+DIVERGED_FILE = "DIVERGED"  # written into the run directory when a non-finite loss stops the run
+
+
+class StepSampler(Sampler[int]):
+    """Endless indices: epoch ``e`` is ``randperm(n)`` seeded by ``(seed, e)`` (or ``0..n-1``
+    without ``shuffle``), concatenated. Position ``p`` of the stream belongs to micro-batch
+    ``p // (world_size · micro_batch)``; this rank yields its contiguous ``micro_batch`` slice of
+    each, starting at micro-batch ``start``."""
+
+    def __init__(self, n: int, micro_batch: int, world_size: int = 1, rank: int = 0,
+                 seed: int = 0, start: int = 0, shuffle: bool = True) -> None:
+        if n < 1:
+            raise ValueError("the training set is empty")
+        self.n, self.micro_batch, self.world_size, self.rank = n, micro_batch, world_size, rank
+        self.seed, self.start, self.shuffle = seed, start, shuffle
+        self._epoch, self._perm = -1, torch.arange(n)
+
+    def _index(self, position: int) -> int:
+        epoch, i = divmod(position, self.n)
+        if self.shuffle and epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        return int(self._perm[i])
+
+    def __iter__(self):
+        stride = self.world_size * self.micro_batch
+        position = self.start * stride + self.rank * self.micro_batch
+        while True:
+            for j in range(self.micro_batch):
+                yield self._index(position + j)
+            position += stride
+
+
+class StepDataModule(L.LightningDataModule):
+    """Train/val loaders. ``batch_size`` is the *global* batch of one optimizer step, split over
+    ``world_size`` processes and ``accumulate_grad_batches`` micro-batches."""
+
+    def __init__(self, train: Dataset, val: Dataset, batch_size: int, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        self.train_set, self.val_set = train, val
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+
+    def micro_batch(self) -> int:
+        world, accum = self.trainer.world_size, self.trainer.accumulate_grad_batches
+        if self.batch_size % (world * accum):
+            raise ValueError(
+                f"data.batch_size {self.batch_size} (global) is not divisible by world size {world} × "
+                f"accumulate_grad_batches {accum}"
+            )
+        return self.batch_size // (world * accum)
+
+    def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.micro_batch(), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        t = self.trainer
+        start = t.global_step * t.accumulate_grad_batches  # restored from the checkpoint when resuming
+        sampler = StepSampler(len(self.train_set), self.micro_batch(), t.world_size, t.global_rank, self.seed, start)
+        return self._loader(self.train_set, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+
+class TrainModule(L.LightningModule):
+    """Shared training logic (module doc); subclasses define ``compute_loss``."""
+
+    task = ""
+    item_name = "samples"  # what the throughput counts
+
+    def __init__(self, model: nn.Module, optim: OptimConfig, precision_schedule: PrecisionSchedule | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.optim_cfg = optim
+        self.precision_schedule = precision_schedule or PrecisionSchedule()
+        self._step_start: float | None = None
+        self._items = 0
+        self._step_lr = 0.0
+        self.diverged: str | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def compute_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        """(mean loss, extra metrics, items counted for throughput) of one batch."""
+        raise NotImplementedError
+
+    def configure_optimizers(self) -> dict:
+        opt = build_optimizer(self.model, self.optim_cfg)
+        sched = build_scheduler(opt, self.trainer.max_steps, self.optim_cfg)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.precision_schedule.apply(self.model, self.global_step, self.trainer.max_steps)
+        if self._step_start is None:  # first micro-batch of an optimizer step
+            self._step_start, self._items = time.perf_counter(), 0
+            self._step_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        loss, metrics, items = self.compute_loss(batch)
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
+            self._stop(loss)
+            return None
+        self._items += items
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, sync_dist=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        stepped = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
+        if not stepped or self._step_start is None:
+            return
+        seconds = time.perf_counter() - self._step_start
+        self._step_start = None
+        self.log(f"train/{self.item_name}_per_s", self._items * self.trainer.world_size / seconds)
+        self.log("train/lr", self._step_lr)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        loss, metrics, _ = self.compute_loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, sync_dist=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("rng_state")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+
+    def _stop(self, loss: torch.Tensor) -> None:
+        cb = self.trainer.checkpoint_callback
+        last = (cb.best_model_path or cb.last_model_path) if cb is not None else ""
+        value = loss.item() if not math.isfinite(loss.item()) else "non-finite on another rank"
+        self.diverged = (
+            f"non-finite training loss ({value}) at step {self.global_step}: stopping; the step was skipped. "
+            f"Last checkpoint: {last or 'none saved yet'}"
+        )
+        self.trainer.should_stop = True
+        self._report_divergence()
+
+    @rank_zero_only
+    def _report_divergence(self) -> None:
+        log.error(self.diverged)
+        Path(self.trainer.default_root_dir, DIVERGED_FILE).write_text(self.diverged + "\n")
+
+
+class LanguageModelModule(TrainModule):
+    """Next-token prediction: batches ``(x, y)`` of int64 token windows, loss = mean token CE."""
+
+    task = "text"
+    item_name = "tokens"
+
+    def compute_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        x, y = batch
+        logits = self.model(x)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()), {}, y.numel()
+
+
+class ImageClassifierModule(TrainModule):
+    """Classification: batches ``(images, labels)``, loss = mean CE, plus top-1 accuracy."""
+
+    task = "vision"
+    item_name = "images"
+
+    def compute_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        x, y = batch
+        logits = self.model(x)
+        acc = (logits.argmax(-1) == y).float().mean()
+        return F.cross_entropy(logits.float(), y), {"acc": acc}, y.numel()
+
+
+# model name -> its LightningModule
+MODULES: dict[str, type[TrainModule]] = {"hybrid_lm": LanguageModelModule, "vit": ImageClassifierModule}
