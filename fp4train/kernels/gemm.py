@@ -1,16 +1,20 @@
 """Emulated FP4 GEMM in Triton, and real FP8 GEMMs through ``torch._scaled_mm``.
 
 ``fp4_matmul(a, b)`` equals ``fp4train.gemm.quantized_matmul(a, b)`` for two FP4 operands
-(NVFP4 or MXFP4, any supported block): each program loads packed E2M1 codes and uint8 block
-scales, forms ``A' = element · block_scale`` in registers — at most 2 + 4 significant bits, so
-exact in bf16 — and multiplies on the bf16 tensor cores with FP32 accumulation; the tensor
-scales are applied at the end, ``(acc · t_a) · t_b``, in the reference's order. The products are
-exact, so the result differs from the reference only by the FP32 summation order (relative
-error ~1e-6, not bit for bit: neither torch's CPU matmul nor the tensor cores fix an order).
+(NVFP4 or MXFP4, any supported block). ``A' = element · block_scale`` has at most 2 + 4
+significant bits, so it is exact in bf16; the bf16 tensor cores multiply exactly and accumulate
+in FP32; the tensor scales are applied at the end, ``(acc · t_a) · t_b``, in the reference's
+order. The result differs from the reference only by the FP32 summation order (not bit for bit:
+neither torch's CPU matmul nor the tensor cores fix an order).
 
-The K loop runs over even and odd elements separately (low and high nibbles): two dots over
-``BK/2`` columns each. A dot's sum is order-free in exact arithmetic, so this permutation of K
-costs nothing but rounding order, and saves the interleave of the two nibbles.
+Two ways to feed the tensor cores, one kernel (``_gemm_kernel``, constexpr ``FUSED``):
+* default: ``_dequant_kernel`` writes ``A'`` and ``B'`` once as bf16 (memory-bound, ~5% of the GEMM
+  at 8192×4096×4096), then a plain bf16 GEMM with the scale epilogue. Hopper has no FP4 MMA, and
+  decoding in the GEMM's inner loop repeats each tile's decode N/BN times, which costs more ALU
+  time than the MMAs (NOTES.md).
+* ``fused=True``: packed codes and scales are loaded and decoded per tile in registers (no bf16
+  copies). The K loop runs over even and odd elements separately (low and high nibbles): two dots
+  over ``BK/2`` columns each, a permutation of K that only changes the rounding order.
 
 Under ``TRITON_INTERPRET=1`` (the CPU tests) the operands go to the dot as float32 — the same
 exact values — because the interpreter of Triton 3.9 computes bf16 dots wrongly (NumPy has no
@@ -30,12 +34,13 @@ import triton.language as tl
 
 from fp4train.quant.api import QuantizedTensor
 
-__all__ = ["fp4_supported", "fp4_matmul", "fp8_supported", "fp8_matmul"]
+__all__ = ["fp4_supported", "fp4_matmul", "dequantize_fp4", "fp8_supported", "fp8_matmul"]
 
 _FP4_FORMATS = ("nvfp4", "mxfp4")
 _FP8_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 # (BM, BN, BK, GROUP_M, num_warps, num_stages); BK a multiple of every block width (16, 32)
-DEFAULT_CONFIG = (128, 128, 128, 8, 8, 3)
+DEFAULT_CONFIG = (128, 256, 64, 8, 8, 3)  # bf16 operands (dequantized first)
+FUSED_CONFIG = (128, 128, 64, 8, 4, 4)  # fused dequantization: best of four on H100 (NOTES.md v1)
 
 
 @triton.jit
@@ -63,31 +68,56 @@ def _scale_value(c, MX: tl.constexpr):
 
 
 @triton.jit
-def _operand_halves(codes_ptr, scales_ptr, rows, n_rows, k0, K, BK: tl.constexpr, BR: tl.constexpr,
-                    BC: tl.constexpr, MX: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """``element · block_scale`` (exact in bf16; ``DOT_DTYPE``) of the even and odd columns ``k0 .. k0+BK`` of the given rows
-    (each (R, BK/2)): ``padded_values(with_tensor_scale=False)[rows, k0::2]`` and ``[rows, k0+1::2]``."""
-    pc = k0 // 2 + tl.arange(0, BK // 2)
-    mask = (rows[:, None] < n_rows) & (pc[None, :] < K // 2)
-    packed = tl.load(codes_ptr + rows[:, None] * (K // 2) + pc[None, :], mask=mask, other=0).to(tl.int32)
-    sc = (2 * pc) // BC
+def _block_scales(scales_ptr, rows, n_rows, k0, K, BK: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
+                  MX: tl.constexpr):
+    """float32 block scale of every packed byte (element pair) of columns ``k0 .. k0+BK``: one
+    load per block, broadcast over its ``BC/2`` bytes; shape (R, BK/2)."""
+    R: tl.constexpr = rows.shape[0]
+    sc = k0 // BC + tl.arange(0, BK // BC)
+    mask = (rows[:, None] < n_rows) & (sc[None, :] < K // BC)
     s = tl.load(scales_ptr + (rows[:, None] // BR) * (K // BC) + sc[None, :], mask=mask, other=0).to(tl.int32)
-    scale = _scale_value(s, MX)
-    lo = (_e2m1_value(packed & 15) * scale).to(DOT_DTYPE)
-    hi = (_e2m1_value(packed >> 4) * scale).to(DOT_DTYPE)
-    return lo, hi
+    v = tl.broadcast_to(tl.reshape(_scale_value(s, MX), (R, BK // BC, 1)), (R, BK // BC, BC // 2))
+    return tl.reshape(v, (R, BK // 2))
 
 
 @triton.jit
-def _fp4_gemm_kernel(
-    a_codes, a_scales, b_codes, b_scales, c_ptr, ta_ptr, tb_ptr, M, N, K,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+def _operand_halves(codes_ptr, scales_ptr, rows, n_rows, k0, K, BK: tl.constexpr, BR: tl.constexpr,
+                    BC: tl.constexpr, MX: tl.constexpr):
+    """float32 ``element · block_scale`` of the even and odd columns ``k0 .. k0+BK`` of the given
+    rows (each (R, BK/2)): ``padded_values(with_tensor_scale=False)[rows, k0::2]`` and ``[.., k0+1::2]``;
+    exact, and exact in bf16."""
+    pc = k0 // 2 + tl.arange(0, BK // 2)
+    mask = (rows[:, None] < n_rows) & (pc[None, :] < K // 2)
+    packed = tl.load(codes_ptr + rows[:, None] * (K // 2) + pc[None, :], mask=mask, other=0).to(tl.int32)
+    scale = _block_scales(scales_ptr, rows, n_rows, k0, K, BK, BR, BC, MX)
+    return _e2m1_value(packed & 15) * scale, _e2m1_value(packed >> 4) * scale
+
+
+@triton.jit
+def _dequant_kernel(codes_ptr, scales_ptr, out_ptr, R, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+                    BR: tl.constexpr, BC: tl.constexpr, MX: tl.constexpr):
+    """``qt.padded_values(with_tensor_scale=False).to(bfloat16)`` (exact) of an FP4 operand."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    k0 = tl.program_id(1) * BLOCK_K
+    lo, hi = _operand_halves(codes_ptr, scales_ptr, rows, R, k0, K, BLOCK_K, BR, BC, MX)
+    v = tl.reshape(tl.join(lo, hi), (BLOCK_R, BLOCK_K))  # element 2i from the low nibble
+    cols = k0 + tl.arange(0, BLOCK_K)
+    tl.store(out_ptr + rows[:, None] * K + cols[None, :], v.to(tl.bfloat16),
+             mask=(rows[:, None] < R) & (cols[None, :] < K))
+
+
+@triton.jit
+def _gemm_kernel(
+    a_ptr, a_scales, b_ptr, b_scales, c_ptr, ta_ptr, tb_ptr, M, N, K,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, FUSED: tl.constexpr,
     A_BR: tl.constexpr, A_BC: tl.constexpr, A_MX: tl.constexpr,
     B_BR: tl.constexpr, B_BC: tl.constexpr, B_MX: tl.constexpr,
     HAS_TA: tl.constexpr, HAS_TB: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
-    """``C = ((A' B'ᵀ) · t_a) · t_b`` (``fp4train.gemm.quantized_matmul``) for FP4 ``A`` (M, K)
-    and ``B`` (N, K); grouped program order for L2 reuse of ``B``."""
+    """``C = ((A' B'ᵀ) · t_a) · t_b`` (``fp4train.gemm.quantized_matmul``) for ``A`` (M, K) and
+    ``B`` (N, K). ``FUSED``: ``a_ptr``/``b_ptr`` hold packed FP4 codes, dequantized per tile in
+    registers; else they hold ``A'``/``B'`` in bf16 (``_dequant_kernel``). Grouped program order
+    for L2 reuse."""
     pid = tl.program_id(0)
     n_m, n_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
     group = pid // (GROUP_M * n_n)
@@ -99,10 +129,16 @@ def _fp4_gemm_kernel(
     rows_b = pid_n * BN + tl.arange(0, BN)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):
-        a_lo, a_hi = _operand_halves(a_codes, a_scales, rows_a, M, k0, K, BK, A_BR, A_BC, A_MX, DOT_DTYPE)
-        b_lo, b_hi = _operand_halves(b_codes, b_scales, rows_b, N, k0, K, BK, B_BR, B_BC, B_MX, DOT_DTYPE)
-        acc = tl.dot(a_lo, tl.trans(b_lo), acc, input_precision="ieee")
-        acc = tl.dot(a_hi, tl.trans(b_hi), acc, input_precision="ieee")
+        if FUSED:
+            a_lo, a_hi = _operand_halves(a_ptr, a_scales, rows_a, M, k0, K, BK, A_BR, A_BC, A_MX)
+            b_lo, b_hi = _operand_halves(b_ptr, b_scales, rows_b, N, k0, K, BK, B_BR, B_BC, B_MX)
+            acc = tl.dot(a_lo.to(DOT_DTYPE), tl.trans(b_lo.to(DOT_DTYPE)), acc, input_precision="ieee")
+            acc = tl.dot(a_hi.to(DOT_DTYPE), tl.trans(b_hi.to(DOT_DTYPE)), acc, input_precision="ieee")
+        else:
+            ks = k0 + tl.arange(0, BK)
+            a = tl.load(a_ptr + rows_a[:, None] * K + ks[None, :], mask=(rows_a[:, None] < M) & (ks[None, :] < K), other=0.0)
+            b = tl.load(b_ptr + rows_b[:, None] * K + ks[None, :], mask=(rows_b[:, None] < N) & (ks[None, :] < K), other=0.0)
+            acc = tl.dot(a.to(DOT_DTYPE), tl.trans(b.to(DOT_DTYPE)), acc, input_precision="ieee")
     if HAS_TA:
         acc = acc * tl.load(ta_ptr)
     if HAS_TB:
@@ -117,14 +153,34 @@ def fp4_supported(a: QuantizedTensor, b: QuantizedTensor) -> bool:
     return ok and a.padded[1] == b.padded[1] and a.padded[1] % 32 == 0
 
 
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def dequantize_fp4(qt: QuantizedTensor) -> torch.Tensor:
+    """``qt.padded_values(with_tensor_scale=False)`` as bf16 (exact) for an FP4 operand, by
+    ``_dequant_kernel``: the padded (M, K) matrix ``element · block_scale`` (RHT domain kept)."""
+    (r, k), (br, bc) = qt.padded, qt.spec.block_shape
+    out = torch.empty(r, k, dtype=torch.bfloat16, device=qt.data.device)
+    block_r, block_k = 32, 256
+    _dequant_kernel[(triton.cdiv(r, block_r), triton.cdiv(k, block_k))](
+        qt.data, qt.scales, out, r, k, BLOCK_R=block_r, BLOCK_K=block_k, BR=br, BC=bc, MX=qt.spec.fmt == "mxfp4",
+        num_warps=8,
+    )
+    return out
+
+
 def fp4_matmul(
     a: QuantizedTensor,
     b: QuantizedTensor,
     out_dtype: torch.dtype = torch.float32,
-    config: tuple[int, int, int, int, int, int] = DEFAULT_CONFIG,
+    config: tuple[int, int, int, int, int, int] | None = None,
+    fused: bool = False,
 ) -> torch.Tensor:
-    """``quantized_matmul(a, b, out_dtype)`` for FP4 operands (see ``fp4_supported``), computed by
-    ``_fp4_gemm_kernel``: ``A Bᵀ`` cropped to the unpadded (M, N)."""
+    """``quantized_matmul(a, b, out_dtype)`` for FP4 operands (see ``fp4_supported``): ``A Bᵀ``
+    cropped to the unpadded (M, N). Default: dequantize each operand once to bf16
+    (``dequantize_fp4``), then ``_gemm_kernel`` on the tensor cores; ``fused=True`` dequantizes
+    per tile inside the GEMM instead (no bf16 copies, but each tile is decoded N/BN times)."""
     if not fp4_supported(a, b):
         raise ValueError(
             f"fp4_matmul needs NVFP4/MXFP4 operands with blocks of width 16/32 and equal padded K "
@@ -132,19 +188,20 @@ def fp4_matmul(
             f"{b.spec.fmt} {b.padded} block {b.spec.block_shape}"
         )
     (mp, k), (np_, _) = a.padded, b.padded
-    bm, bn, bk, group_m, warps, stages = config
+    bm, bn, bk, group_m, warps, stages = config or (FUSED_CONFIG if fused else DEFAULT_CONFIG)
     c = torch.empty(mp, np_, dtype=out_dtype, device=a.data.device)
     dummy = torch.ones(1, dtype=torch.float32, device=a.data.device)
+    a_in, b_in = (a.data, b.data) if fused else (dequantize_fp4(a), dequantize_fp4(b))
     grid = (triton.cdiv(mp, bm) * triton.cdiv(np_, bn),)
-    _fp4_gemm_kernel[grid](
-        a.data, a.scales, b.data, b.scales, c,
+    _gemm_kernel[grid](
+        a_in, a.scales, b_in, b.scales, c,
         a.tensor_scale if a.tensor_scale is not None else dummy,
         b.tensor_scale if b.tensor_scale is not None else dummy,
-        mp, np_, k, BM=bm, BN=bn, BK=bk, GROUP_M=group_m,
+        mp, np_, k, BM=bm, BN=bn, BK=bk, GROUP_M=group_m, FUSED=fused,
         A_BR=a.spec.block_shape[0], A_BC=a.spec.block_shape[1], A_MX=a.spec.fmt == "mxfp4",
         B_BR=b.spec.block_shape[0], B_BC=b.spec.block_shape[1], B_MX=b.spec.fmt == "mxfp4",
         HAS_TA=a.tensor_scale is not None, HAS_TB=b.tensor_scale is not None,
-        DOT_DTYPE=tl.float32 if os.environ.get("TRITON_INTERPRET") == "1" else tl.bfloat16,
+        DOT_DTYPE=tl.float32 if _interpreting() else tl.bfloat16,
         num_warps=warps, num_stages=stages,
     )
     m, n = a.shape[:-1].numel(), b.shape[:-1].numel()

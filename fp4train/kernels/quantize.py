@@ -33,7 +33,11 @@ from fp4train.quant.spec import QuantSpec
 __all__ = ["supports", "quantize_fp4", "quantize_fp4_pair"]
 
 _ONE_SIXTH = float(_FP4_MAX_RECIPROCAL)  # fp32(1/6), exactly as the reference multiplies
-_TILE = 64  # rows and columns of x per program; a multiple of every block and RHT size
+# (BM, BK, num_warps) per program: wide row tiles when only the row-wise orientation is
+# written (long contiguous loads and stores), square-ish ones when the transpose is written too.
+# Both dims are multiples of every block (16, 32) and RHT size.
+_ROW_TILE = (32, 256, 8)
+_COL_TILE = (128, 64, 8)
 _SUPPORTED_BLOCKS = {"nvfp4": ((1, 16), (16, 16)), "mxfp4": ((1, 32),)}
 _RHT_SIZES = (16, 32)
 
@@ -68,13 +72,22 @@ def _round_up(t, rbits, SR_BITS: tl.constexpr):
 @triton.jit
 def _e2m1_codes(s, rbits, SR_BITS: tl.constexpr):
     """E2M1 codes (int32, sign in bit 3) of float32 ``s``: equals
-    ``encode(round_to_grid(s, E2M1, rounding, rand, sr_bits), E2M1)`` (NaN → code 0)."""
-    a = tl.minimum(tl.abs(s), 6.0)
-    e = tl.maximum(((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, 0)  # binade, emin 0
-    t = a * tl.where(e == 0, 2.0, tl.where(e == 1, 1.0, 0.5))  # a / 2^(e-1), exact
-    lo, up = _round_up(t, rbits, SR_BITS)
-    code = lo + up + 2 * e
-    code = code | tl.where(s.to(tl.int32, bitcast=True) < 0, 8, 0)
+    ``encode(round_to_grid(s, E2M1, rounding, rand, sr_bits), E2M1)`` (NaN → code 0).
+
+    With ``e = max(floor(log2 a), 0)`` the grid step is ``2^(e-1)`` and the code is
+    ``round(a / 2^(e-1)) + 2e``. RN: ``a + 2^(e+22)`` lies in a binade whose ulp is the grid step,
+    so the float32 add itself rounds ``a`` to nearest-even on the grid; its low bits are the count."""
+    bits = s.to(tl.int32, bitcast=True)
+    a = tl.minimum((bits & 0x7FFFFFFF).to(tl.float32, bitcast=True), 6.0)
+    e = tl.maximum((a.to(tl.int32, bitcast=True) >> 23) - 127, 0)  # binade, emin 0
+    if SR_BITS > 0:
+        t = a * ((128 - e) << 23).to(tl.float32, bitcast=True)  # a / 2^(e-1), exact
+        lo, up = _round_up(t, rbits, SR_BITS)
+        n = lo + up
+    else:
+        magic = (e + 149) << 23  # bits of 2^(e+22)
+        n = (a + magic.to(tl.float32, bitcast=True)).to(tl.int32, bitcast=True) - magic
+    code = (n + 2 * e) | ((bits >> 28) & 8)
     return tl.where(s != s, 0, code)
 
 
@@ -123,9 +136,18 @@ def _rht(v, h_ptr, R: tl.constexpr, C: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
-def _block_max(a, R: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
-    """Max of each (BR, BC) block of the (R, C) tile: ``blocks.block_amax`` (shape (R/BR, C/BC))."""
-    return tl.max(tl.max(tl.reshape(a, (R // BR, BR, C // BC, BC)), axis=3), axis=1)
+def _philox_bits(seed, rows, col0, n_cols, R: tl.constexpr, C: tl.constexpr, SR_BITS: tl.constexpr):
+    """``SR_BITS``-bit random integers for the (R, C) tile, from one Philox4x32 call per 8
+    elements (4 words of 2 × 16 bits; ``SR_BITS <= 16``) or per 4 elements (one word each)."""
+    PER_WORD: tl.constexpr = 2 if SR_BITS <= 16 else 1
+    G: tl.constexpr = 4 * PER_WORD
+    group = rows[:, None] * (n_cols // G) + col0 // G + tl.arange(0, C // G)[None, :]
+    r0, r1, r2, r3 = tl.randint4x(seed, group)
+    w = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), (R, C // PER_WORD))
+    if PER_WORD == 2:
+        w = tl.reshape(tl.join(w & 0xFFFF, (w >> 16) & 0xFFFF), (R, C))
+        return (w >> (16 - SR_BITS)).to(tl.int32)
+    return (w.to(tl.uint32, bitcast=True) >> (32 - SR_BITS)).to(tl.int32)
 
 
 @triton.jit
@@ -142,13 +164,17 @@ def _quantize_tile(
     ``nvfp4_block_scale`` + ``encode(sb, E4M3)``, ``round_to_grid``, ``encode``, ``pack_fp4``)."""
     rows = row0 + tl.arange(0, R)
     cols = col0 + tl.arange(0, C)
-    a = tl.abs(v)
-    isnan = a != a
+    # The tile stays 4-D (block row, row in block, block col, col in block) until the codes are
+    # packed: per-block values are reduced along axes 3 and 1 and expanded back with [:, None, :,
+    # None], which keeps them in the reduction's layout (one value per block and thread), so the
+    # scale arithmetic and its division run per block, not per element.
+    v4 = tl.reshape(v, (R // BR, BR, C // BC, BC))
+    # max of |x| as int32 bit patterns: exact, and NaN (> inf > finite) propagates like torch.amax
+    amax = tl.max(tl.max(v4.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=3), axis=1).to(tl.float32, bitcast=True)
+    nan_block = amax != amax
+    bad = nan_block | (amax == float("inf"))
     if MX:  # mx_scale_codes: a NaN block gets k = -127 (its amax is not > 0), an inf block k(1);
         # its elements are encoded as usual (NaN → 0, inf → ±6)
-        nan_block = _block_max(isnan.to(tl.int32), R, C, BR, BC) > 0
-        amax = _block_max(tl.where(isnan, 0.0, a), R, C, BR, BC)
-        bad = nan_block | (amax == float("inf"))
         safe = tl.where((amax > 0) & (amax < float("inf")), amax, 1.0)
         k = _floor_log2(safe) - 2  # emax(E2M1) = 2
         if MX_CEIL:  # 6·2^k < amax  <=>  significand of amax > 1.5 (6 = 1.5·2^2)
@@ -163,28 +189,27 @@ def _quantize_tile(
         scale_code = tl.where(bad, 0xFF, k + 127)
         enc = ((127 - k) << 23).to(tl.float32, bitcast=True)  # 2^-k, k <= 126 for finite amax
     else:  # NaN and inf blocks alike: NaN scale, NaN elements (code 0)
-        amax = _block_max(tl.where(isnan, float("inf"), a), R, C, BR, BC)
-        bad = amax == float("inf")
         s_enc, s_dec = _nvfp4_tensor_scales(tl.load(amax_ptr).to(tl.float32, bitcast=True))
         tl.store(ts_ptr, s_dec, mask=(row0 == 0) & (col0 == 0))
-        sbf = amax * (s_enc * ONE_SIXTH)
+        sbf = tl.where(bad, 0.0, amax) * (s_enc * ONE_SIXTH)
         bad = bad | (sbf != sbf)  # NaN s_enc: the tensor is not finite
         scale_code, sb = _e4m3_rn(sbf)
         scale_code = tl.where(bad, 0x7F, scale_code)
         enc = tl.minimum(tl.math.div_rn(1.0, sb * s_dec), 3.4028234663852886e38)
         enc = tl.where(bad, float("nan"), enc)  # NaN sb: every element becomes NaN (code 0)
-    enc4 = tl.broadcast_to(tl.reshape(enc, (R // BR, 1, C // BC, 1)), (R // BR, BR, C // BC, BC))
-    s = v * tl.reshape(enc4, (R, C))
+    s4 = v4 * enc[:, None, :, None]
 
     offs = rows[:, None] * n_cols + cols[None, :]
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     rbits = 0
     if SR_BITS > 0:
         if PHILOX:
-            rbits = (tl.randint(seed, offs).to(tl.uint32, bitcast=True) >> (32 - SR_BITS)).to(tl.int32)
+            rbits = _philox_bits(seed, rows, col0, n_cols, R, C, SR_BITS)
         else:
             rbits = tl.load(rand_ptr + offs, mask=mask, other=0)
-    codes = _e2m1_codes(s, rbits, SR_BITS)
+    if SR_BITS > 0:
+        rbits = tl.reshape(rbits, (R // BR, BR, C // BC, BC))
+    codes = tl.reshape(_e2m1_codes(s4, rbits, SR_BITS), (R, C))
     lo, hi = tl.split(tl.reshape(codes, (R, C // 2, 2)))
     packed = (lo | (hi << 4)).to(tl.uint8)
     pcols = col0 // 2 + tl.arange(0, C // 2)
@@ -217,9 +242,8 @@ def _load_tile(x_ptr, M, K, stride, BM: tl.constexpr, BK: tl.constexpr):
 def _tile_amax(v, h_ptr, R: tl.constexpr, C: tl.constexpr, D: tl.constexpr):
     if D > 0:
         v = _rht(v, h_ptr, R, C, D)
-    a = tl.abs(v.to(tl.float32))
-    a = tl.where(a != a, float("inf"), a)
-    return tl.max(tl.max(a, axis=1), axis=0)
+    a = v.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF  # |x| bits; NaN > inf
+    return tl.minimum(tl.max(tl.max(a, axis=1), axis=0), 0x7F800000)  # NaN stored as inf
 
 
 @triton.jit
@@ -233,9 +257,9 @@ def _amax_kernel(
     stored as inf, which gives the same NaN tensor scale)."""
     x = _load_tile(x_ptr, M, K, stride, BM, BK)
     if ROW:
-        tl.atomic_max(amax_ptr, _tile_amax(x, h_ptr, BM, BK, ROW_RHT).to(tl.int32, bitcast=True))
+        tl.atomic_max(amax_ptr, _tile_amax(x, h_ptr, BM, BK, ROW_RHT))
     if COL:
-        tl.atomic_max(amax_ptr + 1, _tile_amax(tl.trans(x), h_ptr, BK, BM, COL_RHT).to(tl.int32, bitcast=True))
+        tl.atomic_max(amax_ptr + 1, _tile_amax(tl.trans(x), h_ptr, BK, BM, COL_RHT))
 
 
 @triton.jit
@@ -357,7 +381,8 @@ def quantize_fp4_pair(
         rc, rs = torch.empty(m, k // 2, dtype=u8, device=dev), torch.empty(m // br, k // bc, dtype=u8, device=dev)
     if col_spec is not None:
         cc, cs = torch.empty(k, m // 2, dtype=u8, device=dev), torch.empty(k // br, m // bc, dtype=u8, device=dev)
-    grid = (triton.cdiv(m, _TILE), triton.cdiv(k, _TILE))
+    bm, bk, warps = _ROW_TILE if col_spec is None else _COL_TILE
+    grid = (triton.cdiv(m, bm), triton.cdiv(k, bk))
     row_d = (row_spec.rht or 0) if row_spec else 0
     col_d = (col_spec.rht or 0) if col_spec else 0
     if mx:
@@ -367,7 +392,7 @@ def quantize_fp4_pair(
     else:
         amax_buf = torch.zeros(2, dtype=torch.int32, device=dev)
         _amax_kernel[grid](
-            xm, m, k, xm.stride(0), amax_buf, h, BM=_TILE, BK=_TILE,
+            xm, m, k, xm.stride(0), amax_buf, h, BM=bm, BK=bk, num_warps=warps,
             ROW=row_spec is not None, COL=col_spec is not None, ROW_RHT=row_d, COL_RHT=col_d,
         )
     base_seed = first.seed if seed is None else seed
@@ -382,10 +407,10 @@ def quantize_fp4_pair(
         xm, m, k, xm.stride(0), amax_buf, ts, h,
         rc, rs, row_rand if row_rand is not None else dummy, base_seed,
         cc, cs, col_rand if col_rand is not None else dummy, base_seed + 1,
-        BM=_TILE, BK=_TILE, BR=br, BC=bc, MX=mx, MX_CEIL=first.mx_rule == "ceil",
+        BM=bm, BK=bk, BR=br, BC=bc, MX=mx, MX_CEIL=first.mx_rule == "ceil",
         ROW=row_spec is not None, COL=col_spec is not None, ROW_RHT=row_d, COL_RHT=col_d,
         ROW_SR=row_sr, COL_SR=col_sr, PHILOX=not explicit, ONE_SIXTH=_ONE_SIXTH,
-        enable_fp_fusion=False,
+        enable_fp_fusion=False, num_warps=warps,
     )
 
     def result(spec: QuantSpec | None, codes, scales, idx: int, shape: tuple[int, int]) -> QuantizedTensor | None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fp4train.gemm import quantized_matmul
-from fp4train.kernels.gemm import fp4_matmul, fp4_supported, fp8_supported
+from fp4train.kernels.gemm import dequantize_fp4, fp4_matmul, fp4_supported, fp8_supported
 from fp4train.quant import QuantSpec, quantize
 
 SMALL = (32, 32, 64, 4, 4, 1)  # BM, BN, BK, GROUP_M, warps, stages: several programs and K steps
@@ -24,18 +24,27 @@ def operands(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     return a, b
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["dequant_then_gemm", "fused"])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("name", PAIRS)
-def test_fp4_gemm_matches_reference(name, out_dtype):
+def test_fp4_gemm_matches_reference(name, out_dtype, fused):
     a, b = operands(48, 80, 192, seed=0)  # M, N not multiples of the tile: masked edges
     sa, sb = PAIRS[name]
     qa, qb = quantize(a, sa), quantize(b, sb)
-    out = fp4_matmul(qa, qb, out_dtype, config=SMALL)
+    out = fp4_matmul(qa, qb, out_dtype, config=SMALL, fused=fused)
     ref = quantized_matmul(qa, qb, out_dtype=torch.float32)
     assert out.shape == ref.shape and out.dtype == out_dtype
     tol = 1e-6 if out_dtype == torch.float32 else 8e-3
     err = (out.float() - ref).norm() / ref.norm()
     assert err < tol, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_dequantize_is_exact_in_bf16(name):
+    """``element · block_scale`` in bf16 equals the reference's float32 values bit for bit."""
+    a, _ = operands(48, 16, 192, seed=2)
+    qa = quantize(a, PAIRS[name][0])
+    assert torch.equal(dequantize_fp4(qa).float(), qa.padded_values(with_tensor_scale=False))
 
 
 def test_fp4_gemm_propagates_nan_scales():
