@@ -27,7 +27,7 @@ from triton.testing import do_bench
 
 import fp4train.kernels.dispatch as dispatch
 from fp4train.gemm import quantized_matmul
-from fp4train.kernels.gemm import DEFAULT_CONFIG, fp4_matmul, fp8_matmul
+from fp4train.kernels.gemm import DEFAULT_CONFIG, FUSED_CONFIG, dequantize_fp4, fp4_matmul, fp8_matmul
 from fp4train.kernels.quantize import quantize_fp4_pair
 from fp4train.quant import QuantSpec, quantize
 
@@ -52,7 +52,7 @@ QUANT_VARIANTS = {  # name: (row spec, column spec)
     "mxfp4 ceil row sr": (MX_CEIL_SR, None),
     "mxfp4 floor col rn": (None, MX),
 }
-GEMM_CONFIGS = [DEFAULT_CONFIG, (128, 256, 128, 8, 8, 3), (128, 128, 64, 8, 4, 4), (256, 128, 128, 8, 8, 3)]
+GEMM_CONFIGS = [DEFAULT_CONFIG, (128, 128, 64, 8, 4, 4), (256, 128, 64, 8, 8, 3), (128, 256, 64, 8, 8, 4)]
 COMPILED_REFERENCES = {"nvfp4 row rn (x fprop)": NV, "mxfp4 floor row rn": MX}
 
 
@@ -145,6 +145,8 @@ def _warm(job: tuple[str, str]) -> str:
             a = quantize(torch.randn(256, 512, device="cuda"), sa)
             b = quantize(torch.randn(256, 512, device="cuda"), sb)
             fp4_matmul(a, b, torch.bfloat16, config=cfg)
+            if name == "0":
+                fp4_matmul(a, b, torch.bfloat16, fused=True)
     elif kind == "linear":
         from fp4train.linear import QuantLinear
 
@@ -218,6 +220,7 @@ def check_gemms() -> dict:
     for name, (sa, sb, fn) in {
         "nvfp4 x nvfp4-16x16 (Triton)": (NV, NV_2D, fp4_matmul),
         "mxfp4 x mxfp4 (Triton)": (MX, MX, fp4_matmul),
+        "nvfp4 x nvfp4-16x16 (Triton fused)": (NV, NV_2D, lambda qa, qb: fp4_matmul(qa, qb, fused=True)),
         "nvfp4 rht16 sr x rht16 (Triton)": (NV_SR_RHT, NV_RHT, fp4_matmul),
         "fp8_e4m3 x fp8_e4m3 (_scaled_mm)": (QuantSpec("fp8_e4m3"), QuantSpec("fp8_e4m3"), fp8_matmul),
         "fp8_e5m2 x fp8_e4m3 (_scaled_mm)": (QuantSpec("fp8_e5m2"), QuantSpec("fp8_e4m3"), fp8_matmul),
@@ -230,6 +233,9 @@ def check_gemms() -> dict:
                           None if qb.tensor_scale is None else qb.tensor_scale.cuda(), qb.padded)
         res = fn(qa_gpu, qb_gpu).cpu()
         out[name] = ((res - ref).norm() / ref.norm()).item()
+        if sa.fmt in ("nvfp4", "mxfp4"):
+            exact = torch.equal(dequantize_fp4(qa_gpu).float().cpu(), qa.padded_values(with_tensor_scale=False))
+            out[f"dequantize_fp4 exact ({sa.fmt}): 0 = yes"] = float(not exact)
     return out
 
 
@@ -281,8 +287,12 @@ def time_gemms() -> list[dict]:
         qa, qb = quantize(x, sa), quantize(w, sb)
         for cfg in GEMM_CONFIGS:
             t = ms(lambda: fp4_matmul(qa, qb, torch.bfloat16, config=cfg))
-            rows.append({"gemm": f"{name} Triton {cfg}", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
+            rows.append({"gemm": f"{name} dequant + Triton GEMM {cfg}", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
             log(f"gemm {rows[-1]['gemm']}: {t:.3f} ms")
+        t = ms(lambda: fp4_matmul(qa, qb, torch.bfloat16, fused=True))
+        rows.append({"gemm": f"{name} fused Triton GEMM {FUSED_CONFIG}", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
+        t = ms(lambda: (dequantize_fp4(qa), dequantize_fp4(qb)))
+        rows.append({"gemm": f"{name}: the two dequantize_fp4 alone", "ms": t, "TFLOP/s": 0.0, "vs_bf16": t_bf16 / t})
     qa, qb = quantize(x, QuantSpec("fp8_e4m3")), quantize(w, QuantSpec("fp8_e4m3"))
     t = ms(lambda: fp8_matmul(qa, qb, torch.bfloat16))
     rows.append({"gemm": "fp8_e4m3 _scaled_mm", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
@@ -302,6 +312,11 @@ def time_linears() -> list[dict]:
         t = ms(lambda: layer(x).backward(dy))
         rows.append({"linear": f"QuantLinear {recipe} fwd+bwd (kernels)", "ms": t, "vs_bf16": t_ref / t})
         log(f"linear {recipe}: {t:.3f} ms vs bf16 {t_ref:.3f} ms")
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+            layer(x).backward(dy)
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
     return rows
 
 

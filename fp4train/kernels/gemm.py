@@ -45,13 +45,11 @@ FUSED_CONFIG = (128, 128, 64, 8, 4, 4)  # fused dequantization: best of four on 
 
 @triton.jit
 def _e2m1_value(c):
-    """float32 value of E2M1 codes (int32 in 0..15): ``formats.decode(c, E2M1)``."""
-    mag = c & 7
-    e = mag >> 1
-    normal = ((e + 126) << 23) | ((mag & 1) << 22)  # (1 + m/2)·2^(e-1)
-    half = (mag & 1) * 0x3F000000  # e = 0: 0 or 0.5
-    bits = tl.where(e == 0, half, normal) | ((c & 8) << 28)
-    return bits.to(tl.float32, bitcast=True)
+    """float32 value of E2M1 codes (int32 in 0..15): ``formats.decode(c, E2M1)``. The code's
+    exponent and mantissa bits placed at float32's exponent/mantissa boundary give
+    ``value · 2^-126`` (code 1 lands on a subnormal), so one exact multiply by 2^126 decodes it."""
+    bits = ((c & 8) << 28) | ((c & 7) << 22)
+    return bits.to(tl.float32, bitcast=True) * 8.507059173023462e37
 
 
 @triton.jit
