@@ -32,6 +32,7 @@ class QuantStatsLogger(L.Callback):
         self.every_n_steps = every_n_steps
         self._inputs: dict[str, torch.Tensor] = {}
         self._handles: list = []
+        self._step = 0
 
     def _layers(self, pl_module: L.LightningModule) -> dict[str, QuantLinear]:
         model = getattr(pl_module, "model", pl_module)
@@ -40,6 +41,7 @@ class QuantStatsLogger(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if trainer.global_step % self.every_n_steps or self._handles:
             return
+        self._step = trainer.global_step
         for name, layer in self._layers(pl_module).items():
             def hook(_module, args, _output, name=name):
                 self._inputs[name] = args[0].detach()
@@ -65,8 +67,8 @@ class QuantStatsLogger(L.Callback):
                 for stat, value in quant_stats(tensor.float(), spec).items():
                     metrics[f"quant/{name}/{key}_{stat}"] = value
         self._inputs = {}
-        if metrics:
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+        for logger in trainer.loggers:  # directly: Lightning would repeat hook-logged values next step
+            logger.log_metrics(metrics, step=self._step)
 
 
 def build_callbacks(specs: list[dict[str, Any]]) -> list[L.Callback]:

@@ -51,6 +51,7 @@ class Run:
     overrides: list[str] = field(default_factory=list)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     status: str = "finished"
+    group: str = ""
     label: str = ""
 
 
@@ -79,55 +80,32 @@ def load_csv_runs(root: Path) -> list[Run]:
         with metrics.open(newline="") as f:
             curves = _curves_from_rows(csv.DictReader(f))
         status = "diverged" if (run_dir / "DIVERGED").exists() else "finished"
-        runs.append(Run(run_dir.name, info["recipe"], list(info.get("overrides", [])), curves, status))
+        runs.append(Run(run_dir.name, info["recipe"], list(info.get("overrides", [])), curves, status, info.get("group", "")))
     return runs
 
 
 def load_wandb_offline(root: Path) -> list[Run]:
-    """Offline W&B runs (``offline-run-*`` folders under ``root``) via ``wandb leet inspect --json``."""
+    """Offline W&B runs (``offline-run-*`` folders under ``root``) via ``wandb leet inspect --json``
+    (one JSON record per line; we read the ``run`` record's config and the ``history`` rows)."""
     runs = []
-    for run_dir in sorted(Path(root).rglob("offline-run-*")):
-        if not run_dir.is_dir():
-            continue
+    for run_dir in sorted(p for p in Path(root).rglob("offline-run-*") if p.is_dir()):
         out = subprocess.run(["wandb", "leet", "inspect", "--json", str(run_dir)],
                              capture_output=True, text=True, check=True).stdout
-        rows, config = [], {}
+        rows, run = [], {}
         for line in out.splitlines():
             record = json.loads(line)
-            rows += _history_rows(record)
-            config.update(_config_items(record))
-        recipe = str(config.get("quant", {}).get("name", "?")) if isinstance(config.get("quant"), dict) else "?"
-        runs.append(Run(run_dir.name, recipe, [], _curves_from_rows(rows)))
+            if record.get("type") == "run":
+                run = record["run"]
+            elif record.get("type") == "history":
+                rows.append(record["history"].get("item", {}))
+        config = run.get("config", {}).get("update", {})
+        runs.append(_run_from_config(run_dir.name, config, rows, "finished", run.get("run_group", "")))
     return runs
 
 
-def _history_rows(record: dict) -> list[dict]:
-    """History records of a ``.wandb`` log as {key: value} rows (tolerant of the JSON layout)."""
-    history = record.get("history") or (record if record.get("type") == "history" else None)
-    if not isinstance(history, dict):
-        return []
-    items = history.get("item", [])
-    row = {}
-    for item in items:
-        key = item.get("key") or "/".join(item.get("nestedKey", item.get("nested_key", [])))
-        try:
-            row[key] = json.loads(item.get("valueJson", item.get("value_json", "null")))
-        except (TypeError, json.JSONDecodeError):
-            continue
-    return [row] if row else []
-
-
-def _config_items(record: dict) -> dict:
-    config = record.get("config") or (record if record.get("type") == "config" else None)
-    if not isinstance(config, dict):
-        return {}
-    found = {}
-    for item in config.get("update", []):
-        try:
-            found[item.get("key")] = json.loads(item.get("valueJson", item.get("value_json", "null")))
-        except (TypeError, json.JSONDecodeError):
-            continue
-    return found
+def _run_from_config(name: str, config: dict, rows: Iterable[dict], status: str, group: str) -> Run:
+    recipe = str((config.get("quant") or {}).get("name", "?"))
+    return Run(name, recipe, list(config.get("overrides") or []), _curves_from_rows(rows), status, group)
 
 
 def load_wandb_group(path: str) -> list[Run]:
@@ -141,8 +119,7 @@ def load_wandb_group(path: str) -> list[Run]:
     runs = []
     for r in wandb.Api().runs(f"{entity}/{project}", filters={"group": group}):
         rows = r.scan_history(keys=["trainer/global_step", *LOSS_KEYS])
-        recipe = str((r.config.get("quant") or {}).get("name", "?"))
-        runs.append(Run(r.name, recipe, [], _curves_from_rows(rows), "finished" if r.state == "finished" else r.state))
+        runs.append(_run_from_config(r.name, dict(r.config), rows, r.state, group))
     return runs
 
 

@@ -49,6 +49,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 TEXT_DATA = ("stdlib_text", "token_file")
 RUN_INFO = "run_info.json"
+# absolute, so that `python -m fp4train.train`, the `fp4train` script and an import all find it
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 @dataclass
@@ -176,7 +178,8 @@ def _loggers(cfg: TrainConfig, out: Path, overrides: list[str]) -> list[Logger]:
         tags = [cfg.quant.name, cfg.model.name, cfg.data.name, *overrides]
         loggers.append(WandbLogger(
             project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group or cfg.study,
-            job_type="train", name=out.name, tags=[t[:64] for t in tags], config=asdict(cfg),
+            job_type="train", name=out.name, tags=[t[:64] for t in tags],
+            config={**asdict(cfg), "overrides": overrides},
             save_dir=str(out), offline=cfg.logger.offline, settings=wandb.Settings(quiet=True),
         ))
     return loggers
@@ -258,7 +261,7 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), plain))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the final validation (else training) loss for sweepers."""
     hc = HydraConfig.get()

@@ -1,0 +1,90 @@
+"""The real entry point with tiny overrides: what a run logs, the typed config, bad input."""
+
+import json
+
+import pytest
+
+from fp4train.data import build_datasets
+from fp4train.train import DataConfig, LoggerConfig, ModelConfig, TrainConfig, TrainerConfig, train
+from fp4train.recipes import RecipeConfig
+
+from .conftest import TINY_LM, TINY_VIT, read_metrics, run_main
+
+
+def test_lm_run_logs_loss_lr_throughput_and_quant_stats_per_layer(tmp_path, capsys):
+    run_main(*TINY_LM, "quant=nvfp4", "logger.quant_stats_every_n_steps=2", f"hydra.run.dir={tmp_path}")
+    out = capsys.readouterr().out
+    assert "Conversion to recipe 'nvfp4': 6 of 9 linear layers quantized" in out
+    loss = read_metrics(tmp_path, "train/loss")
+    assert sorted(loss) == [0, 1, 2] and loss[2] < loss[0]
+    assert sorted(read_metrics(tmp_path, "val/loss")) == [1]
+    assert all(v > 0 for v in read_metrics(tmp_path, "train/tokens_per_s").values())
+    lr = read_metrics(tmp_path, "train/lr")
+    assert lr[0] == pytest.approx(3e-3)  # warmup_steps=1: the peak LR at step 0, then cosine
+    assert lr[1] == pytest.approx(lr[0]) and lr[2] < lr[1]  # cosine starts after warmup
+    for stat in ("clipped", "flushed", "qsnr_db"):
+        for operand in ("w", "x"):
+            logged = read_metrics(tmp_path, f"quant/blocks.0.mixer.in_proj/{operand}_{stat}")
+            assert sorted(logged) == [0, 2]  # only on the logging steps
+    assert 0 < read_metrics(tmp_path, "quant/blocks.1.mixer.q_proj/w_qsnr_db")[0] < 40
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "blocks.2.mixer.up_proj" not in header  # BF16 layers have no quant stats
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["recipe"] == "nvfp4" and "quant=nvfp4" in info["overrides"]
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_vit_run_logs_accuracy_on_digits(tmp_path):
+    run_main(*TINY_VIT, "quant=mxfp4", f"hydra.run.dir={tmp_path}")
+    acc = read_metrics(tmp_path, "val/acc")
+    assert list(acc) == [1] and 0 <= acc[1] <= 1
+    assert read_metrics(tmp_path, "train/images_per_s")
+    assert "mxfp4" in (tmp_path / "conversion.md").read_text()
+
+
+def test_the_same_dataclasses_train_from_python(tmp_path):
+    cfg = TrainConfig(
+        model=ModelConfig("vit", overrides={"dim": 32, "depth": 1}),
+        data=DataConfig("digits", batch_size=16),
+        quant=RecipeConfig(name="fp8"),
+        trainer=TrainerConfig(max_steps=2, val_every_n_steps=2, val_batches=1, enable_progress_bar=False),
+        logger=LoggerConfig(wandb=False),
+        out_dir=str(tmp_path),
+    )
+    result = train(cfg)
+    assert result.status == "finished" and "val/loss" in result.metrics
+    assert sorted(read_metrics(tmp_path, "train/loss")) == [0, 1]
+
+
+def test_ablation_switches_are_quant_overrides(tmp_path, capsys):
+    run_main(*TINY_LM, "quant=nvfp4", "quant.bf16_last_blocks=0", "trainer.max_steps=1", f"hydra.run.dir={tmp_path}")
+    assert "9 of 9 linear layers quantized" not in capsys.readouterr().out  # lm_head stays BF16
+    assert "8 of 9 linear layers quantized" in (tmp_path / "conversion.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("quant=nvfp5", ["Could not find 'quant/nvfp5'", "nvfp4", "mxfp4", "fp8_block"]),
+        ("recipe=nope", ["Could not find 'recipe/nope'", "tetrajet_vit", "nvfp4_hybrid_lm"]),
+        ("model=resnet", ["Could not find 'model/resnet'", "hybrid_lm", "vit"]),
+        ("quant.rht=maybe", ["Value 'maybe' is not a valid bool", "quant.rht"]),
+    ],
+)
+def test_bad_option_gives_hydras_error_with_the_valid_names(override, expected, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        run_main(override, f"hydra.run.dir={tmp_path}")
+    err = capsys.readouterr().err
+    for text in expected:
+        assert text in err
+
+
+def test_model_and_data_of_different_tasks_are_refused_with_the_valid_data(tmp_path):
+    cfg = TrainConfig(model=ModelConfig("vit"), data=DataConfig("stdlib_text"), out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"model 'vit' needs vision data.*digits"):
+        train(cfg)
+
+
+def test_digits_and_stdlib_data_build_offline():
+    train_set, val_set = build_datasets("digits")
+    assert len(train_set) + len(val_set) == 1797

@@ -1,0 +1,81 @@
+"""AdamW parameter groups, LR schedules and optimizer wrappers (fp4train.optim)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fp4train.models import build_model
+from fp4train.optim import OptimConfig, build_optimizer, lr_factor, param_groups
+
+
+def _groups(model):
+    return {g["weight_decay"]: set(g["names"]) for g in param_groups(model, 0.1)}
+
+
+def test_weight_decay_skips_norms_biases_embeddings_and_marked_params():
+    groups = _groups(build_model("hybrid_lm", "micro"))
+    decayed, kept = groups[0.1], groups[0.0]
+    assert "embedding.weight" in kept and "lm_head.weight" in decayed
+    assert {"blocks.0.mixer.A_log", "blocks.0.mixer.D", "blocks.0.mixer.dt_bias"} <= kept
+    assert "blocks.0.norm.weight" in kept and "blocks.0.mixer.in_proj.weight" in decayed
+    assert all(n.endswith("weight") for n in decayed)
+    vit = _groups(build_model("vit", "micro"))
+    assert {"cls_token", "pos_embed", "blocks.0.attn.qkv.bias", "blocks.0.norm1.weight"} <= vit[0.0]
+    assert {"blocks.0.attn.qkv.weight", "patch_embed.weight", "head.weight"} <= vit[0.1]
+
+
+def test_every_trainable_parameter_is_in_exactly_one_group():
+    model = build_model("vit", "micro")
+    names = [n for g in param_groups(model, 0.1) for n in g["names"]]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+
+
+def test_cosine_warms_up_linearly_then_decays_to_min_ratio():
+    cfg = OptimConfig(schedule="cosine", warmup_steps=10, min_lr_ratio=0.1)
+    f = [lr_factor(s, 110, cfg) for s in range(110)]
+    assert f[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert f[10] == pytest.approx(1.0)
+    assert f[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_factor(110, 110, cfg) == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+
+
+def test_wsd_is_flat_until_the_decay_fraction_then_linear_to_min_ratio():
+    cfg = OptimConfig(schedule="wsd", warmup_steps=5, decay_fraction=0.2, min_lr_ratio=0.0)
+    f = [lr_factor(s, 100, cfg) for s in range(101)]
+    assert f[4] == pytest.approx(1.0) and f[0] == pytest.approx(0.2)
+    assert f[5:80] == pytest.approx([1.0] * 75)
+    assert f[90] == pytest.approx(0.5) and f[100] == pytest.approx(0.0)
+
+
+def test_unknown_schedule_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown LR schedule 'linear'.*cosine.*wsd"):
+        OptimConfig(schedule="linear")
+
+
+seen = []
+
+
+def record_wrapper(model, optimizer, tag):
+    seen.append((type(optimizer).__name__, tag))
+
+
+class Wrapped(torch.optim.Optimizer):
+    def __init__(self, model, optimizer):
+        self.inner = optimizer
+        super().__init__(model.parameters(), {})
+
+
+def test_optimizer_wrappers_from_config_are_applied_in_order():
+    model = nn.Linear(4, 4)
+    cfg = OptimConfig(wrappers=[
+        {"_target_": f"{__name__}.record_wrapper", "tag": "first"},
+        {"_target_": f"{__name__}.Wrapped"},
+    ])
+    opt = build_optimizer(model, cfg)
+    assert seen == [("AdamW", "first")]
+    assert isinstance(opt, Wrapped) and isinstance(opt.inner, torch.optim.AdamW)
+    with pytest.raises(ValueError, match="cannot resolve optimizer wrapper 'no.such.thing'"):
+        build_optimizer(model, OptimConfig(wrappers=[{"_target_": "no.such.thing"}]))
