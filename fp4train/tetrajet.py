@@ -279,8 +279,8 @@ class QRamping:
 
 def attach_tetrajet(model: nn.Module, optimizer: torch.optim.Optimizer) -> QRamping | None:
     """Hook TetraJet's per-step machinery to ``optimizer``: Q-EMA updates after every step for
-    ``QEMALinear`` layers, and a ``QRamping`` if the layers' recipe asks for it (returned, so the
-    training loop can call ``calibrate`` on schedule)."""
+    ``QEMALinear`` layers, and a ``QRamping`` if the layers' recipe asks for it (returned and set
+    as ``optimizer.qramping``, so the training loop can call ``calibrate`` on schedule)."""
     ema_layers = [m for m in model.modules() if isinstance(m, QEMALinear)]
     if ema_layers:
         def update(*_):
@@ -289,5 +289,8 @@ def attach_tetrajet(model: nn.Module, optimizer: torch.optim.Optimizer) -> QRamp
 
         optimizer.register_step_post_hook(update)
     recipes = {m.recipe.q_ramping for m in model.modules() if isinstance(m, QuantLinear)}
-    ramping = next((r for r in recipes if r is not None), None)
-    return QRamping(model, optimizer, ramping) if ramping is not None else None
+    config = next((r for r in recipes if r is not None), None)
+    if config is None:
+        return None
+    optimizer.qramping = QRamping(model, optimizer, config)  # found there by QRampingCalibration
+    return optimizer.qramping

@@ -1,0 +1,88 @@
+"""Lightning callbacks for TetraJet: oscillation metrics and Q-Ramping's periodic calibration.
+
+Both plug in by config (``callbacks: [{_target_: fp4train.tetrajet_callbacks.OscillationLogger}]``);
+the math is in ``fp4train.tetrajet``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from fp4train.tetrajet import OscillationTracker, QRamping
+
+__all__ = ["OscillationLogger", "QRampingCalibration"]
+
+
+def _model(pl_module: L.LightningModule) -> torch.nn.Module:
+    return getattr(pl_module, "model", pl_module)
+
+
+class OscillationLogger(L.Callback):
+    """Every ``window`` optimizer steps, logs per quantized layer and averaged over layers
+    (``osc/mean/...``): ``flip_fraction``, ``changed_fraction``, ``oscillating_fraction``
+    (R_w > ``threshold``), ``oscillation_ratio`` and ``confidence`` (TetraJet §4, App. A)."""
+
+    def __init__(self, window: int = 30, threshold: float = 16.0, per_layer: bool = True) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window, self.threshold, self.per_layer = window, threshold, per_layer
+        self.tracker: OscillationTracker | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.tracker = OscillationTracker(_model(pl_module), self.threshold)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.tracker is None or not self.tracker.layers or (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return
+        self.tracker.step()
+        if self.tracker.steps < self.window:
+            return
+        per_layer = self.tracker.metrics()
+        metrics = {}
+        for key in next(iter(per_layer.values())):
+            metrics[f"osc/mean/{key}"] = sum(m[key] for m in per_layer.values()) / len(per_layer)
+            if self.per_layer:
+                metrics.update({f"osc/{name}/{key}": m[key] for name, m in per_layer.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        self.tracker.reset()
+
+
+class QRampingCalibration(L.Callback):
+    """Runs ``QRamping.calibrate`` every ``every_n_steps`` optimizer steps (and at step 0) with
+    training batches of the run's own loader: ``calib_steps`` plain steps, then undone.
+
+    Finds the ``QRamping`` that ``fp4train.tetrajet.attach_tetrajet`` put on the optimizer
+    (``optimizer.qramping``); does nothing for runs without one. The intervals default to the
+    recipe's ``QRampingConfig``.
+    """
+
+    def __init__(self, every_n_steps: int | None = None) -> None:
+        self.every_n_steps = every_n_steps
+        self.periods: dict[str, float] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        optimizer = trainer.optimizers[0]
+        ramp: QRamping | None = getattr(optimizer, "qramping", None)
+        if ramp is None or batch_idx % trainer.accumulate_grad_batches:
+            return
+        every = self.every_n_steps or ramp.config.every_n_steps
+        if trainer.global_step % every:
+            return
+        loader = iter(trainer.train_dataloader)
+
+        def run_step() -> None:
+            calib_batch = pl_module.transfer_batch_to_device(next(loader), pl_module.device, 0)
+            loss = pl_module.compute_loss(calib_batch)[0]
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+        with torch.enable_grad():
+            self.periods = ramp.calibrate(run_step)
+        metrics = {f"qramping/{name or 'model'}/mean_period": p for name, p in self.periods.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
