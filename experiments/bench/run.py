@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 import triton
-from triton.testing import do_bench
+from triton.testing import do_bench, do_bench_cudagraph
 
 import fp4train.kernels.dispatch as dispatch
 from fp4train.gemm import quantized_matmul
@@ -53,7 +53,7 @@ QUANT_VARIANTS = {  # name: (row spec, column spec)
     "mxfp4 floor col rn": (None, MX),
 }
 GEMM_CONFIGS = [DEFAULT_CONFIG, (128, 128, 64, 8, 4, 4), (256, 128, 64, 8, 8, 3), (128, 256, 64, 8, 8, 4)]
-COMPILED_REFERENCES = {"nvfp4 row rn (x fprop)": NV, "mxfp4 floor row rn": MX}
+COMPILED_REFERENCES = {"nvfp4 row rn (x fprop)": NV}  # mxfp4 compiled: 698 us in run 2 (NOTES.md), 100 s to compile
 
 
 def log(msg: str) -> None:
@@ -61,7 +61,14 @@ def log(msg: str) -> None:
 
 
 def ms(fn) -> float:
+    """Median eager wall time per call (ms), launch overheads included."""
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def gpu_ms(fn) -> float:
+    """Median GPU time per call (ms): CUDA-graph replays, no Python or launch overhead."""
+    fn()
+    return do_bench_cudagraph(fn, rep=100, return_mode="median")
 
 
 @contextlib.contextmanager
@@ -256,13 +263,14 @@ def time_quantizers(copy_gbs: float) -> list[dict]:
         bc = spec.block_shape[1]
         written = sum(M * K // 2 + M * K // bc for s in (row, col) if s is not None)
         useful = M * K * 2 + written
-        t = ms(lambda: quantize_fp4_pair(x, row, col))
-        entry = {"variant": name, "ms": t, "GB/s": useful / t / 1e6, "frac_copy_bw": useful / t / 1e6 / copy_gbs}
+        t = gpu_ms(lambda: quantize_fp4_pair(x, row, col))
+        entry = {"variant": name, "gpu_ms": t, "eager_ms": ms(lambda: quantize_fp4_pair(x, row, col)),
+                 "frac_copy_bw": useful / t / 1e6 / copy_gbs}
         if spec.fmt == "nvfp4":  # two passes: the tensor amax reads x once more
             entry["frac_copy_bw_actual_bytes"] = (useful + M * K * 2) / t / 1e6 / copy_gbs
             amax = torch.full((2,), 4.0, device="cuda")
-            t1 = ms(lambda: quantize_fp4_pair(x, row, col, amax=amax))
-            entry.update({"ms_amax_given": t1, "frac_copy_bw_amax_given": useful / t1 / 1e6 / copy_gbs})
+            t1 = gpu_ms(lambda: quantize_fp4_pair(x, row, col, amax=amax))
+            entry.update({"gpu_ms_amax_given": t1, "frac_copy_bw_amax_given": useful / t1 / 1e6 / copy_gbs})
         if name in COMPILED_REFERENCES:
             with reference_mode():
                 entry["ms_reference_eager"] = ms(lambda: quantize(x, spec))
@@ -273,7 +281,7 @@ def time_quantizers(copy_gbs: float) -> list[dict]:
                 except Exception as e:  # record why, keep the rest
                     entry["reference_compiled_error"] = repr(e)[:300]
         rows.append(entry)
-        log(f"quantize {name}: {t * 1e3:.1f} us, {entry['frac_copy_bw']:.0%} of copy bandwidth")
+        log(f"quantize {name}: GPU {t * 1e3:.1f} us ({entry['frac_copy_bw']:.0%} of copy bandwidth), eager {entry['eager_ms'] * 1e3:.1f} us")
     return rows
 
 
@@ -281,22 +289,30 @@ def time_gemms() -> list[dict]:
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
     flop = 2 * M * N * K
-    t_bf16 = ms(lambda: x @ w.T)
+    t_bf16 = gpu_ms(lambda: x @ w.T)
     rows = [{"gemm": "bf16 torch.matmul", "ms": t_bf16, "TFLOP/s": flop / t_bf16 / 1e9, "vs_bf16": 1.0}]
     for name, (sa, sb) in {"nvfp4 x nvfp4-16x16": (NV, NV_2D), "mxfp4 x mxfp4": (MX, MX)}.items():
         qa, qb = quantize(x, sa), quantize(w, sb)
         for cfg in GEMM_CONFIGS:
-            t = ms(lambda: fp4_matmul(qa, qb, torch.bfloat16, config=cfg))
+            t = gpu_ms(lambda: fp4_matmul(qa, qb, torch.bfloat16, config=cfg))
             rows.append({"gemm": f"{name} dequant + Triton GEMM {cfg}", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
             log(f"gemm {rows[-1]['gemm']}: {t:.3f} ms")
-        t = ms(lambda: fp4_matmul(qa, qb, torch.bfloat16, fused=True))
+        t = gpu_ms(lambda: fp4_matmul(qa, qb, torch.bfloat16, fused=True))
         rows.append({"gemm": f"{name} fused Triton GEMM {FUSED_CONFIG}", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
-        t = ms(lambda: (dequantize_fp4(qa), dequantize_fp4(qb)))
+        t = gpu_ms(lambda: (dequantize_fp4(qa), dequantize_fp4(qb)))
         rows.append({"gemm": f"{name}: the two dequantize_fp4 alone", "ms": t, "TFLOP/s": 0.0, "vs_bf16": t_bf16 / t})
     qa, qb = quantize(x, QuantSpec("fp8_e4m3")), quantize(w, QuantSpec("fp8_e4m3"))
-    t = ms(lambda: fp8_matmul(qa, qb, torch.bfloat16))
+    t = gpu_ms(lambda: fp8_matmul(qa, qb, torch.bfloat16))
     rows.append({"gemm": "fp8_e4m3 _scaled_mm", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
     return rows
+
+
+def _step_gpu_ms(step) -> float:
+    """GPU time of one call (ms): the sum of its kernels' device time in a profiler trace."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return sum(getattr(e, "self_device_time_total", 0) for e in prof.key_averages()) / 1e3
 
 
 def time_linears() -> list[dict]:
@@ -305,18 +321,20 @@ def time_linears() -> list[dict]:
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     dy = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
     ref = torch.nn.Linear(K, N, bias=False, device="cuda", dtype=torch.bfloat16)
-    t_ref = ms(lambda: ref(x).backward(dy))
-    rows = [{"linear": "bf16 nn.Linear fwd+bwd", "ms": t_ref, "vs_bf16": 1.0}]
+    layers = {"bf16 nn.Linear": ref}
     for recipe in ("nvfp4", "mxfp4"):
-        layer = QuantLinear(K, N, bias=False, recipe=recipe, device="cuda")
-        t = ms(lambda: layer(x).backward(dy))
-        rows.append({"linear": f"QuantLinear {recipe} fwd+bwd (kernels)", "ms": t, "vs_bf16": t_ref / t})
-        log(f"linear {recipe}: {t:.3f} ms vs bf16 {t_ref:.3f} ms")
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+        layers[f"QuantLinear {recipe} (kernels)"] = QuantLinear(K, N, bias=False, recipe=recipe, device="cuda")
+    rows = []
+    for name, layer in layers.items():
+        def step():
             layer(x).backward(dy)
-            torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
-        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
+        for _ in range(3):
+            step()
+        rows.append({"linear": f"{name} fwd+bwd", "eager_ms": ms(step), "gpu_ms": _step_gpu_ms(step)})
+        log(f"linear {rows[-1]}")
+    for r in rows:
+        r["vs_bf16_eager"] = rows[0]["eager_ms"] / r["eager_ms"]
+        r["vs_bf16_gpu"] = rows[0]["gpu_ms"] / r["gpu_ms"]
     return rows
 
 
@@ -335,20 +353,24 @@ def markdown(res: dict) -> str:
     lines = [f"# fp4train kernel benchmark\n\n{env['gpu']} ({env['nvidia_smi']}), torch {env['torch']}, "
              f"CUDA {env['cuda']}, Triton {env['triton']}. Copy bandwidth (read + write): "
              f"{res['copy_GBs']:.0f} GB/s. Command: `python -m experiments.bench.run`.\n",
-             "## Quantize, bf16 input 8192×4096 (fraction of copy bandwidth, bytes = 1 read + writes)\n",
-             "| variant | µs | of copy BW | NVFP4: with amax pass bytes | NVFP4 amax given: µs / of BW | ref eager µs | ref torch.compile µs |",
-             "|---|---|---|---|---|---|---|"]
+             "## Quantize, bf16 input 8192×4096\n",
+             "GPU time = CUDA-graph replay; eager = one Python call (launches included). Fraction of copy "
+             "bandwidth on bytes = 1 read of x + the codes and scales written; NVFP4 also reads x in its "
+             "amax pass (second column), skipped when the amax is given.\n",
+             "| variant | GPU µs | of copy BW | of BW, bytes incl. amax pass | NVFP4 amax given: GPU µs / of BW | eager µs | ref eager µs | ref torch.compile µs |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in res["quantize"]:
         def f(key, scale=1e3, fmt="{:.0f}"):
             return fmt.format(r[key] * scale) if key in r else ""
-        lines.append(f"| {r['variant']} | {f('ms')} | {r['frac_copy_bw']:.0%} | "
+        lines.append(f"| {r['variant']} | {f('gpu_ms')} | {r['frac_copy_bw']:.0%} | "
                      f"{f('frac_copy_bw_actual_bytes', 100, '{:.0f}%')} | "
-                     f"{f('ms_amax_given')} {f('frac_copy_bw_amax_given', 100, '/ {:.0f}%')} | "
+                     f"{f('gpu_ms_amax_given')} {f('frac_copy_bw_amax_given', 100, '/ {:.0f}%')} | {f('eager_ms')} | "
                      f"{f('ms_reference_eager')} | {f('ms_reference_compiled')} |")
-    lines += ["\n## GEMM 8192×4096×4096 (M×N×K), bf16 output\n", "| GEMM | ms | TFLOP/s | speed vs bf16 |", "|---|---|---|---|"]
+    lines += ["\n## GEMM 8192×4096×4096 (M×N×K), bf16 output, GPU time (CUDA graph)\n", "| GEMM | ms | TFLOP/s | speed vs bf16 |", "|---|---|---|---|"]
     lines += [f"| {r['gemm']} | {r['ms']:.3f} | {r['TFLOP/s']:.0f} | {r['vs_bf16']:.2f} |" for r in res["gemm"]]
-    lines += ["\n## Linear 8192 tokens, 4096 → 4096, fwd + bwd\n", "| layer | ms | speed vs bf16 |", "|---|---|---|"]
-    lines += [f"| {r['linear']} | {r['ms']:.3f} | {r['vs_bf16']:.2f} |" for r in res["linear"]]
+    lines += ["\n## Linear 8192 tokens, 4096 → 4096, fwd + bwd (eager wall time; GPU = sum of kernel times)\n",
+              "| layer | eager ms | GPU ms | speed vs bf16 (eager) | speed vs bf16 (GPU) |", "|---|---|---|---|---|"]
+    lines += [f"| {r['linear']} | {r['eager_ms']:.3f} | {r['gpu_ms']:.3f} | {r['vs_bf16_eager']:.2f} | {r['vs_bf16_gpu']:.2f} |" for r in res["linear"]]
     lines += ["\n## GPU checks against the CPU reference\n", "| check | result |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in {**res["check_quantize"], **{f'GEMM rel. error {k}': f'{v:.1e}' for k, v in res['check_gemm'].items()}}.items()]
     return "\n".join(lines) + "\n"

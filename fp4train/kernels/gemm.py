@@ -8,8 +8,9 @@ order. The result differs from the reference only by the FP32 summation order (n
 neither torch's CPU matmul nor the tensor cores fix an order).
 
 Two ways to feed the tensor cores, one kernel (``_gemm_kernel``, constexpr ``FUSED``):
-* default: ``_dequant_kernel`` writes ``A'`` and ``B'`` once as bf16 (memory-bound, ~5% of the GEMM
-  at 8192×4096×4096), then a plain bf16 GEMM with the scale epilogue. Hopper has no FP4 MMA, and
+* default: ``_dequant_kernel`` writes ``A'`` and ``B'`` once as bf16 (memory-bound, ~10% of the GEMM
+  at 8192×4096×4096), then a plain bf16 GEMM with the scale epilogue (for MXFP4 with bf16 output,
+  which has no epilogue, cuBLAS's bf16 GEMM through ``torch.matmul``). Hopper has no FP4 MMA, and
   decoding in the GEMM's inner loop repeats each tile's decode N/BN times, which costs more ALU
   time than the MMAs (NOTES.md).
 * ``fused=True``: packed codes and scales are loaded and decoded per tile in registers (no bf16
@@ -34,12 +35,14 @@ import triton.language as tl
 
 from fp4train.quant.api import QuantizedTensor
 
+from .quantize import _placeholder
+
 __all__ = ["fp4_supported", "fp4_matmul", "dequantize_fp4", "fp8_supported", "fp8_matmul"]
 
 _FP4_FORMATS = ("nvfp4", "mxfp4")
 _FP8_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 # (BM, BN, BK, GROUP_M, num_warps, num_stages); BK a multiple of every block width (16, 32)
-DEFAULT_CONFIG = (128, 256, 64, 8, 8, 3)  # bf16 operands (dequantized first)
+DEFAULT_CONFIG = (256, 128, 64, 8, 8, 3)  # bf16 operands (dequantized first): best of four on H100
 FUSED_CONFIG = (128, 128, 64, 8, 4, 4)  # fused dequantization: best of four on H100 (NOTES.md v1)
 
 
@@ -188,8 +191,11 @@ def fp4_matmul(
     (mp, k), (np_, _) = a.padded, b.padded
     bm, bn, bk, group_m, warps, stages = config or (FUSED_CONFIG if fused else DEFAULT_CONFIG)
     c = torch.empty(mp, np_, dtype=out_dtype, device=a.data.device)
-    dummy = torch.ones(1, dtype=torch.float32, device=a.data.device)
+    dummy = _placeholder(a.data.device, torch.float32)
     a_in, b_in = (a.data, b.data) if fused else (dequantize_fp4(a), dequantize_fp4(b))
+    m, n = a.shape[:-1].numel(), b.shape[:-1].numel()
+    if not fused and a.tensor_scale is None and b.tensor_scale is None and out_dtype == torch.bfloat16:
+        return (a_in @ b_in.T)[:m, :n]  # MX: no scale epilogue, so cuBLAS's bf16 GEMM is the GEMM
     grid = (triton.cdiv(mp, bm) * triton.cdiv(np_, bn),)
     _gemm_kernel[grid](
         a_in, a.scales, b_in, b.scales, c,
@@ -202,7 +208,6 @@ def fp4_matmul(
         DOT_DTYPE=tl.float32 if _interpreting() else tl.bfloat16,
         num_warps=warps, num_stages=stages,
     )
-    m, n = a.shape[:-1].numel(), b.shape[:-1].numel()
     return c[:m, :n]
 
 

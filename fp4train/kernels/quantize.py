@@ -199,15 +199,13 @@ def _quantize_tile(
         enc = tl.where(bad, float("nan"), enc)  # NaN sb: every element becomes NaN (code 0)
     s4 = v4 * enc[:, None, :, None]
 
-    offs = rows[:, None] * n_cols + cols[None, :]
-    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     rbits = 0
     if SR_BITS > 0:
         if PHILOX:
             rbits = _philox_bits(seed, rows, col0, n_cols, R, C, SR_BITS)
         else:
-            rbits = tl.load(rand_ptr + offs, mask=mask, other=0)
-    if SR_BITS > 0:
+            mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+            rbits = tl.load(rand_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0)
         rbits = tl.reshape(rbits, (R // BR, BR, C // BC, BC))
     codes = tl.reshape(_e2m1_codes(s4, rbits, SR_BITS), (R, C))
     lo, hi = tl.split(tl.reshape(codes, (R, C // 2, 2)))
@@ -262,7 +260,7 @@ def _amax_kernel(
         tl.atomic_max(amax_ptr + 1, _tile_amax(tl.trans(x), h_ptr, BK, BM, COL_RHT))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["row_seed", "col_seed"])  # a new SR seed must not recompile
 def _quantize_kernel(
     x_ptr, M, K, stride, amax_ptr, ts_ptr, h_ptr,
     row_codes, row_scales, row_rand, row_seed,
@@ -311,6 +309,16 @@ def supports(x: torch.Tensor, spec: QuantSpec, colwise: bool = False) -> bool:
 
 
 _RHT_CACHE: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+_PLACEHOLDERS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+_SEED_MOD = 2**31 - 1  # Philox seeds stay int32, so the kernel's argument type never changes
+
+
+def _placeholder(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A one-element tensor for pointer arguments a variant does not read (made once per device)."""
+    key = (device, dtype)
+    if key not in _PLACEHOLDERS:
+        _PLACEHOLDERS[key] = torch.zeros(1, dtype=dtype, device=device)
+    return _PLACEHOLDERS[key]
 
 
 def _rht_on(d: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -372,7 +380,7 @@ def quantize_fp4_pair(
         _check(x, col_spec, True, col_rand, (k, m))
     dev = x.device
     d, rseed = next(iter(rhts)) if rhts else (0, 0)
-    h = _rht_on(d, rseed, dev) if d else torch.zeros(1, device=dev)
+    h = _rht_on(d, rseed, dev) if d else _placeholder(dev, torch.float32)
     br, bc = first.block_shape
     mx = first.format.scale == "e8m0"
     u8 = torch.uint8
@@ -395,18 +403,18 @@ def quantize_fp4_pair(
             xm, m, k, xm.stride(0), amax_buf, h, BM=bm, BK=bk, num_warps=warps,
             ROW=row_spec is not None, COL=col_spec is not None, ROW_RHT=row_d, COL_RHT=col_d,
         )
-    base_seed = first.seed if seed is None else seed
+    base_seed = (first.seed if seed is None else seed) % _SEED_MOD
     row_sr = row_spec.sr_bits if row_spec is not None and row_spec.rounding == "sr" else 0
     col_sr = col_spec.sr_bits if col_spec is not None and col_spec.rounding == "sr" else 0
     explicit = (row_sr and row_rand is not None) or (col_sr and col_rand is not None)
     if explicit and ((row_sr and row_rand is None) or (col_sr and col_rand is None)):
         raise ValueError("pass explicit random bits for every SR orientation, or for none (Philox)")
-    dummy = torch.zeros(1, dtype=torch.int32, device=dev)
+    dummy = _placeholder(dev, torch.int32)
     ts = torch.empty(2, dtype=torch.float32, device=dev)
     _quantize_kernel[grid](
         xm, m, k, xm.stride(0), amax_buf, ts, h,
         rc, rs, row_rand if row_rand is not None else dummy, base_seed,
-        cc, cs, col_rand if col_rand is not None else dummy, base_seed + 1,
+        cc, cs, col_rand if col_rand is not None else dummy, (base_seed + 1) % _SEED_MOD,
         BM=bm, BK=bk, BR=br, BC=bc, MX=mx, MX_CEIL=first.mx_rule == "ceil",
         ROW=row_spec is not None, COL=col_spec is not None, ROW_RHT=row_d, COL_RHT=col_d,
         ROW_SR=row_sr, COL_SR=col_sr, PHILOX=not explicit, ONE_SIXTH=_ONE_SIXTH,
