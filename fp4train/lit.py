@@ -136,17 +136,17 @@ class TrainModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         loss, metrics, items = self.compute_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
             self._stop(loss)
             return None
         self._items += items
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log_dict({f"train/{k}": v for k, v in metrics.items()}, sync_dist=True)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         stepped = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
-        if not stepped or self._step_start is None:
+        if not stepped or self._step_start is None or self.diverged:
             return
         seconds = time.perf_counter() - self._step_start
         self._step_start = None
@@ -159,13 +159,20 @@ class TrainModule(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng_state"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        # tensors and plain tuples only, so that Lightning's weights_only loading accepts them
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["rng_state"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "python": random.getstate(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         rng = checkpoint.get("rng_state")
         if rng is not None:
             torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
+            name, keys, pos, has_gauss, gauss = rng["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
             random.setstate(rng["python"])
 
     def _stop(self, loss: torch.Tensor) -> None:

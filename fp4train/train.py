@@ -187,7 +187,7 @@ def _loggers(cfg: TrainConfig, out: Path, overrides: list[str]) -> list[Logger]:
 
 def _callbacks(cfg: TrainConfig, out: Path) -> list[L.Callback]:
     ckpt = ModelCheckpoint(
-        dirpath=out / "checkpoints", filename="step={step}", auto_insert_metric_name=False,
+        dirpath=out / "checkpoints", filename="step_{step}", auto_insert_metric_name=False,
         every_n_train_steps=cfg.checkpoint.every_n_steps or None, save_top_k=-1,
         every_n_epochs=None if cfg.checkpoint.every_n_steps else 0,
         save_last=cfg.checkpoint.save_last, save_on_exception=True,

@@ -1,0 +1,74 @@
+"""Checkpoints: resume continues exactly, SIGTERM saves one, a non-finite loss stops the run."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from .conftest import REPO, TINY_LM, read_metrics, run_main
+
+
+def test_resume_from_a_checkpoint_continues_like_the_uninterrupted_run(tmp_path):
+    # NVFP4 rounds gradients stochastically: equal losses need the SR step counters restored
+    # too (QuantLinear extra state), as well as optimizer, LR schedule and data order.
+    common = [*TINY_LM, "quant=nvfp4", "trainer.max_steps=6", "trainer.val_every_n_steps=3"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run_main(*common, "checkpoint.every_n_steps=3", f"hydra.run.dir={full}")
+    ckpt = full / "checkpoints" / "step_3.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    assert state["global_step"] == 3
+    assert state["state_dict"]["model.blocks.0.mixer.in_proj._extra_state"] == {"sr_step": 3}
+    run_main(*common, f"checkpoint.resume={ckpt}", f"hydra.run.dir={resumed}")
+    expected = {s: v for s, v in read_metrics(full, "train/loss").items() if s >= 3}
+    assert read_metrics(resumed, "train/loss") == expected
+    assert read_metrics(resumed, "val/loss") == {5: read_metrics(full, "val/loss")[5]}
+    assert read_metrics(resumed, "train/lr") == {s: v for s, v in read_metrics(full, "train/lr").items() if s >= 3}
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step_and_last_checkpoint(tmp_path, capsys):
+    # lr 1e20: the first update blows the weights up, the next loss is NaN
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(*TINY_LM, "optim.lr=1e20", "optim.warmup_steps=0", "trainer.max_steps=50",
+                 "checkpoint.every_n_steps=1", f"hydra.run.dir={tmp_path}")
+    assert exit_info.value.code == 1
+    message = (tmp_path / "DIVERGED").read_text()
+    assert "non-finite training loss" in message and "at step 1" in message
+    assert f"Last checkpoint: {tmp_path / 'checkpoints' / 'step_1.ckpt'}" in message
+    assert message.strip() in capsys.readouterr().err
+    loss = read_metrics(tmp_path, "train/loss")
+    assert sorted(loss) == [0, 1] and loss[0] == loss[0] and loss[1] != loss[1]  # NaN logged, then stopped
+
+
+def test_sigterm_saves_a_checkpoint_before_exit(tmp_path):
+    cmd = [sys.executable, "-m", "fp4train.train", *TINY_LM, "trainer.max_steps=100000",
+           "trainer.val_every_n_steps=100000", "trainer.enable_progress_bar=true", f"hydra.run.dir={tmp_path}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    trained, out, err = threading.Event(), [], []
+
+    def read(stream, sink, watch):
+        while chunk := stream.read(64):
+            sink.append(chunk)
+            if watch and "train/loss=" in "".join(sink[-3:]):  # the progress bar shows a finished step
+                trained.set()
+
+    threading.Thread(target=read, args=(proc.stdout, out, True), daemon=True).start()
+    threading.Thread(target=read, args=(proc.stderr, err, False), daemon=True).start()
+    if not trained.wait(120):
+        proc.kill()
+        pytest.fail("no training step within 120 s:\n" + "".join(err)[-2000:])
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 143
+    time.sleep(0.2)
+    text = "".join(err)
+    assert "SIGTERM: checkpoint saved" in text
+    saved = sorted((tmp_path / "checkpoints").glob("step_*.ckpt"))
+    assert len(saved) == 1, text[-2000:]  # the one written on SIGTERM (no periodic checkpoints)
+    step = torch.load(saved[0], weights_only=False)["global_step"]
+    assert step >= 1
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == step
