@@ -154,3 +154,15 @@ def test_unsupported_specs_are_refused_by_name():
     assert not supports(x, QuantSpec("mxfp4"))  # 48 is not a whole number of 32-blocks
     with pytest.raises(ValueError, match="mxfp8"):
         quantize_fp4(x, QuantSpec("mxfp8"))
+
+
+def test_both_orientations_share_a_nan_tensor_scale():
+    """Without an RHT the column-wise copy reuses the row-wise amax: NaN anywhere makes both
+    tensor scales NaN, as the reference does for each orientation."""
+    x = torch.from_numpy(heavy_tailed(32, 64))
+    x[5, 7] = float("nan")
+    spec = QuantSpec("nvfp4", block=(16, 16))
+    k_row, k_col = quantize_fp4_pair(x, spec, spec)
+    assert_same(k_row, quantize(x, spec), "row")
+    assert_same(k_col, quantize(x.T.contiguous(), spec), "col")
+    assert k_row.tensor_scale.isnan() and k_col.tensor_scale.isnan()
