@@ -339,17 +339,6 @@ def _check(x: torch.Tensor, spec: QuantSpec, colwise: bool, rand: torch.Tensor |
         raise ValueError(f"rand_bits must be int32 of shape {shape}, got {rand.dtype} {tuple(rand.shape)}")
 
 
-def _row_amax(xm: torch.Tensor) -> torch.Tensor:
-    """``xm.abs().amax()`` as a float32 (1,) tensor (NaN reads as inf) by ``_amax_kernel``."""
-    buf = torch.zeros(1, dtype=torch.int32, device=xm.device)
-    bm, bk, warps = _ROW_TILE
-    _amax_kernel[(triton.cdiv(xm.shape[0], bm), triton.cdiv(xm.shape[1], bk))](
-        xm, xm.shape[0], xm.shape[1], xm.stride(0), buf, _placeholder(xm.device, torch.float32),
-        BM=bm, BK=bk, ROW=True, COL=False, ROW_RHT=0, COL_RHT=0, num_warps=warps,
-    )
-    return buf.view(torch.float32)
-
-
 def quantize_fp4_pair(
     x: torch.Tensor,
     row_spec: QuantSpec | None,
@@ -389,18 +378,6 @@ def quantize_fp4_pair(
         _check(x, row_spec, False, row_rand, (m, k))
     if col_spec is not None:
         _check(x, col_spec, True, col_rand, (k, m))
-    base_seed = (first.seed if seed is None else seed) % _SEED_MOD
-    mx_fmt = first.format.scale == "e8m0"
-    if col_spec is not None and col_spec.rht is None:
-        # Column-wise without an RHT: the row-wise kernel on a transposed copy. In the fused
-        # transposed tile every element of a thread sits in another block, so the per-block
-        # scale math runs per element: 4x slower than copy + row-wise (NOTES.md, v3 -> v4).
-        if amax is None and not mx_fmt and (row_spec is None or row_spec.rht is None):
-            amax = _row_amax(xm).expand(2)  # one amax pass serves both orientations
-        col, _ = quantize_fp4_pair(xm.T.contiguous(), col_spec, None, row_rand=col_rand, seed=base_seed + 1,
-                                   amax=None if amax is None else amax.flip(0))
-        row = None if row_spec is None else quantize_fp4_pair(x, row_spec, None, row_rand=row_rand, seed=base_seed, amax=amax)[0]
-        return row, col
     dev = x.device
     d, rseed = next(iter(rhts)) if rhts else (0, 0)
     h = _rht_on(d, rseed, dev) if d else _placeholder(dev, torch.float32)
@@ -426,6 +403,7 @@ def quantize_fp4_pair(
             xm, m, k, xm.stride(0), amax_buf, h, BM=bm, BK=bk, num_warps=warps,
             ROW=row_spec is not None, COL=col_spec is not None, ROW_RHT=row_d, COL_RHT=col_d,
         )
+    base_seed = (first.seed if seed is None else seed) % _SEED_MOD
     row_sr = row_spec.sr_bits if row_spec is not None and row_spec.rounding == "sr" else 0
     col_sr = col_spec.sr_bits if col_spec is not None and col_spec.rounding == "sr" else 0
     explicit = (row_sr and row_rand is not None) or (col_sr and col_rand is not None)
