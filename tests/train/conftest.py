@@ -10,6 +10,12 @@ from pathlib import Path
 
 import pytest
 
+# 3 steps, validation after step 2 on one batch, CSV logging; fields (not `trainer=debug`) so
+# that they also win over a study recipe's values
+DEBUG = [
+    "trainer.max_steps=3", "trainer.val_every_n_steps=2", "trainer.val_batches=1",
+    "trainer.enable_progress_bar=false", "logger=csv", "optim.warmup_steps=1", "checkpoint.every_n_steps=0",
+]
 # A 3-layer hybrid LM (Mamba-2, attention, MLP; d 64, 16 Mamba heads so in_proj is 400 wide:
 # a multiple of NVFP4's 16) on 4 windows of 32 bytes per step; BF16 only in the last block.
 TINY_LM = [
@@ -17,11 +23,11 @@ TINY_LM = [
     "+model.overrides.mamba_head_dim=8", "+model.overrides.mamba_d_state=16",
     "data=stdlib_text", "data.batch_size=4", "data.options.seq_len=32", "data.options.val_samples=4",
     "quant.bf16_first_blocks=0", "quant.bf16_last_blocks=1",
-    "trainer=debug", "trainer.enable_progress_bar=false", "logger=csv", "optim.warmup_steps=1",
+    *DEBUG,
 ]
 TINY_VIT = [
     "model=vit", "+model.overrides.dim=32", "+model.overrides.depth=2", "data=digits", "data.batch_size=32",
-    "trainer=debug", "trainer.enable_progress_bar=false", "logger=csv", "optim.warmup_steps=1",
+    *DEBUG,
 ]
 REPO = Path(__file__).resolve().parents[2]
 

@@ -57,3 +57,29 @@ def test_runs_are_labelled_by_the_overrides_that_vary():
     ]
     compare.comparison_table(runs)
     assert [r.label for r in runs] == ["quant.rht=true", "quant.rht=false"]
+
+
+def test_online_wandb_group_is_read_in_full_with_scan_history(monkeypatch):
+    import wandb
+
+    class FakeRun:
+        def __init__(self, name, recipe, losses):
+            self.name, self.state = name, "finished"
+            self.config = {"quant": {"name": recipe}, "overrides": [f"quant={recipe}"]}
+            self._rows = [{"trainer/global_step": s, "train/loss": v} for s, v in enumerate(losses)]
+
+        def scan_history(self, keys=None):
+            return iter(self._rows)
+
+        def history(self, *args, **kwargs):
+            raise AssertionError("history() samples 500 points; use scan_history()")
+
+    class FakeApi:
+        def runs(self, path, filters):
+            assert path == "me/proj" and filters == {"group": "study"}
+            return [FakeRun("a", "bf16", [3.0] * 600), FakeRun("b", "nvfp4", [3.3] * 600)]
+
+    monkeypatch.setattr(wandb, "Api", FakeApi)
+    runs = compare.load_runs("wandb:me/proj/study")
+    assert [len(r.curves["train/loss"]) for r in runs] == [600, 600]
+    assert "| nvfp4 | nvfp4 | 600 | 3.3000 (train) | +10.00% | finished |" in compare.comparison_table(runs)
