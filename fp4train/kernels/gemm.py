@@ -229,8 +229,9 @@ def fp8_matmul(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype = 
             f"fp8_matmul needs per-tensor FP8 operands (not both E5M2) with dims multiples of 16; "
             f"got {a.spec.fmt} {a.padded} and {b.spec.fmt} {b.padded}"
         )
-    qa = a.data.view(_FP8_DTYPES[a.spec.fmt])
-    qb = b.data.view(_FP8_DTYPES[b.spec.fmt])
+    # cuBLASLt takes A row-major and B column-major only: codes of a transposed view may be neither
+    qa = a.data.contiguous().view(_FP8_DTYPES[a.spec.fmt])
+    qb = b.data.contiguous().view(_FP8_DTYPES[b.spec.fmt])
     out = torch._scaled_mm(
         qa, qb.t(), scale_a=a.scales.reshape(()).float(), scale_b=b.scales.reshape(()).float(), out_dtype=torch.float32
     )

@@ -1,0 +1,103 @@
+"""Training-step benchmark (issue 6 c): the hybrid LM and the ViT, one step per recipe vs BF16.
+
+    PYTHONUNBUFFERED=1 python -m experiments.bench.train_step --out results/
+
+Per model and recipe: a full optimizer step (forward, backward, AdamW) under bf16 autocast, every
+linear inside the blocks quantized (``bf16_first_blocks = bf16_last_blocks = 0``: the worst case),
+median step time over ``--steps`` after warm-up, items per second, and peak GPU memory. All
+recipes of a model run side by side in one process. Writes ``train_step.json`` and
+``train_step.md`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fp4train.convert import convert
+from fp4train.models import build_model
+from fp4train.recipes import RecipeConfig
+
+RECIPES = ["bf16", "fp8", "mxfp4", "nvfp4"]
+MODELS = {  # name: (size, overrides, batch maker, items per batch, item name)
+    "hybrid_lm": ("small", {}, lambda: torch.randint(0, 256, (8, 1025), device="cuda"), 8 * 1024, "tokens"),
+    "vit": ("small", {"num_classes": 100}, lambda: torch.randn(256, 3, 32, 32, device="cuda"), 256, "images"),
+}
+
+
+def loss_of(name: str, model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    if name == "hybrid_lm":
+        logits = model(batch[:, :-1])
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+    logits = model(batch)
+    return F.cross_entropy(logits.float(), torch.zeros(len(batch), dtype=torch.long, device="cuda"))
+
+
+def bench(name: str, recipe: str, steps: int) -> dict:
+    size, overrides, make_batch, items, item_name = MODELS[name]
+    torch.manual_seed(0)
+    model = build_model(name, size, **overrides).cuda()
+    report = convert(model, RecipeConfig(name=recipe, bf16_first_blocks=0, bf16_last_blocks=0))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    batch = make_batch()
+    times = []
+    torch.cuda.reset_peak_memory_stats()
+    for i in range(steps + 3):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = loss_of(name, model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        if i >= 3:
+            times.append(time.perf_counter() - t)
+    step_ms = statistics.median(times) * 1e3
+    return {
+        "model": f"{name} {size}", "recipe": recipe, "quantized_linears": len(report.quantized),
+        "step_ms": step_ms, f"{item_name}_per_s": items / step_ms * 1e3,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "loss": loss.item(),
+    }
+
+
+def markdown(rows: list[dict], device: str) -> str:
+    lines = [f"Training step per recipe on {device} (torch {torch.__version__}); every block linear quantized.", "",
+             "| model | recipe | quantized linears | step ms | × bf16 time | items/s | peak GiB | × bf16 memory |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        base = next(b for b in rows if b["model"] == r["model"] and b["recipe"] == "bf16")
+        items = next(v for k, v in r.items() if k.endswith("_per_s"))
+        lines.append(f"| {r['model']} | {r['recipe']} | {r['quantized_linears']} | {r['step_ms']:.1f} | "
+                     f"{r['step_ms'] / base['step_ms']:.2f} | {items:,.0f} | {r['peak_gib']:.2f} | "
+                     f"{r['peak_gib'] / base['peak_gib']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    rows = []
+    for name in MODELS:
+        for recipe in RECIPES:
+            rows.append(bench(name, recipe, args.steps))
+            print(json.dumps(rows[-1]), flush=True)
+            torch.cuda.empty_cache()
+    device = torch.cuda.get_device_name()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "train_step.json").write_text(json.dumps({"device": device, "torch": torch.__version__, "rows": rows}, indent=1))
+    table = markdown(rows, device)
+    (args.out / "train_step.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
