@@ -11,6 +11,7 @@ import torch
 from fp4train.quant.api import QuantizedTensor
 from fp4train.quant.spec import QuantSpec
 
+from .fp8 import fp8_cast_supported, quantize_fp8_per_tensor
 from .gemm import fp4_matmul, fp4_supported, fp8_matmul, fp8_supported
 from .quantize import quantize_fp4, quantize_fp4_pair, supports
 
@@ -42,6 +43,8 @@ def quantize_on_gpu(
     """``quantize(x, spec, ...)`` by the fused kernel for a CUDA ``x`` and a supported spec: bit
     for bit the reference with ``rand_bits``; with SR and no bits, in-kernel Philox bits (the
     same rule and distribution as the reference, another random stream)."""
+    if x.is_cuda and rand_bits is None and fp8_cast_supported(spec):
+        return quantize_fp8_per_tensor(x, spec)
     if not x.is_cuda or not supports(x, spec):
         return None
     if rand_bits is not None:
