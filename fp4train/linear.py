@@ -44,10 +44,12 @@ class _QuantLinearFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: "QuantLinear"):
         q = layer._quantize_operand
         qx = q("x_fprop", x)
-        qw = layer.quantize_weight(weight, layer.operand_spec("w_fprop"))
-        y = quantized_matmul(qx, qw, out_dtype=x.dtype)
-        if bias is not None:
-            y = y + bias.to(y.dtype)
+        w_spec = layer.operand_spec("w_fprop")
+        qw = layer.quantize_weight(weight.to(x.dtype) if w_spec.is_identity else weight, w_spec)
+        y = quantized_matmul(qx, qw, out_dtype=torch.float32)
+        if bias is not None:  # as addmm under autocast: bias in the activation dtype, one rounding
+            y = y + bias.to(x.dtype).float()
+        y = y.to(x.dtype)
         x_src = dequantize(qx) if layer.recipe.double_quant else x
         qxt = q("x_wgrad", x_src.T)
         ctx.layer, ctx.qxt, ctx.has_bias = layer, qxt, bias is not None
@@ -64,6 +66,8 @@ class _QuantLinearFunction(torch.autograd.Function):
         q = layer._quantize_operand
         with torch.autocast(device_type=dy.device.type, enabled=False):
             w_src = dequantize(ctx.qw, dtype=torch.float32) if ctx.qw is not None else weight
+            if layer.operand_spec("w_dgrad").is_identity:  # an unquantized GEMM runs in the activation dtype
+                w_src = w_src.to(dy.dtype)
             dx = quantized_matmul(q("dy_dgrad", dy), q("w_dgrad", w_src.T), out_dtype=ctx.x_dtype)
             dw = quantized_matmul(q("dy_wgrad", dy.T), ctx.qxt, out_dtype=weight.dtype)
             db = dy.sum(0).to(weight.dtype) if ctx.has_bias else None

@@ -6,6 +6,7 @@ these, so a change to how a format rounds is made once, in ``formats.py``/``bloc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -126,7 +127,8 @@ def quantize(
     block = spec.block_shape
     m = x.reshape(_matrix_shape(shape)).to(torch.float32)
     if spec.pad and (block or spec.rht):
-        br, bc = block or (1, spec.rht)
+        br, bc = block or (1, 1)
+        bc = math.lcm(bc, spec.rht or 1)  # whole blocks and whole Hadamard groups
         m = F.pad(m, (0, -m.shape[1] % bc, 0, -m.shape[0] % br))
     check_tiles(tuple(m.shape), block, what=f"{spec.fmt} input of shape {tuple(shape)}")
     if spec.rht is not None:

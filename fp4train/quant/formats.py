@@ -177,8 +177,9 @@ def decode(codes: torch.Tensor, fmt: ElementFormat) -> torch.Tensor:
 def encode(v: torch.Tensor, fmt: ElementFormat) -> torch.Tensor:
     """uint8 codes of float32 values ``v`` that already lie on ``fmt``'s grid.
 
-    NaN becomes ``fmt.nan_code`` (0 for E2M1, which has no NaN: block formats carry NaN
-    in their scale instead). Use ``round_to_grid`` first for arbitrary values.
+    ``±inf`` becomes the format's infinity (E5M2) or NaN (E4M3), NaN its NaN code; E2M1 has
+    neither and writes 0 (block formats carry NaN in their scale instead). Use
+    ``round_to_grid`` first for arbitrary values.
     """
     sign = torch.signbit(v).to(torch.int32)
     a = v.abs()
@@ -191,10 +192,14 @@ def encode(v: torch.Tensor, fmt: ElementFormat) -> torch.Tensor:
     exp_field = torch.where(is_normal, e + fmt.bias, torch.zeros_like(e))
     mant = torch.where(is_normal, steps - 2**fmt.mbits, steps)
     code = (sign << (fmt.nbits - 1)) | (exp_field << fmt.mbits) | mant
-    if fmt.nan_code is not None:
-        code = torch.where(torch.isnan(v), (sign << (fmt.nbits - 1)) | fmt.nan_code, code)
-    elif fmt.nbits == 4:
-        code = torch.where(torch.isnan(v), torch.zeros_like(code), code)
+    signed = sign << (fmt.nbits - 1)
+    if fmt.inf_code is not None:
+        code = torch.where(torch.isinf(v), signed | fmt.inf_code, code)
+    if fmt.nan_code is not None:  # and ±inf in a format without infinities (E4M3) is NaN
+        special = torch.isnan(v) if fmt.inf_code is not None else ~torch.isfinite(v)
+        code = torch.where(special, signed | fmt.nan_code, code)
+    else:  # E2M1 has neither: 0, the block scale carries the NaN
+        code = torch.where(torch.isfinite(v), code, torch.zeros_like(code))
     return code.to(torch.uint8)
 
 

@@ -141,3 +141,16 @@ def test_precision_schedule_switches_forward_then_matches_bf16():
 def test_precision_schedule_rejects_bad_scope():
     with pytest.raises(ValueError, match="valid: \\['all', 'backward', 'forward'\\]"):
         PrecisionSchedule(0.5, scope="fwd")
+
+
+def test_forward_only_switch_multiplies_like_a_bf16_linear_under_autocast():
+    torch.manual_seed(0)
+    model = Toy()
+    convert(model, RecipeConfig(name="nvfp4", bf16_first_blocks=0, bf16_last_blocks=0))
+    layer = model.blocks[0].up
+    PrecisionSchedule(switch_at=0.5, scope="forward").apply(model, 90, 100)
+    x = torch.randn(8, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = layer(x)
+        ref = nn.functional.linear(x, layer.weight, layer.bias)
+    assert ours.dtype == torch.bfloat16 and torch.equal(ours, ref)

@@ -161,3 +161,10 @@ def test_dequantize_keeps_dtype_and_shape():
     y = dequantize(qt)
     assert y.dtype == torch.bfloat16 and y.shape == x.shape
     assert dequantize(qt, dtype=torch.float32).dtype == torch.float32
+
+
+def test_pad_covers_hadamard_groups_wider_than_the_block():
+    x = torch.randn(4, 48)  # 48 = 3 blocks of 16, but not whole 32-point Hadamard groups
+    qt = quantize(x, QuantSpec("nvfp4", rht=32, pad=True))
+    assert qt.padded == (4, 64)
+    assert (dequantize(qt) - x).norm() < 0.2 * x.norm()

@@ -113,3 +113,10 @@ def test_pack_matches_torch_float4_x2_storage_layout():
 def test_pack_rejects_odd_length():
     with pytest.raises(ValueError, match="even last dimension"):
         pack_fp4(torch.zeros(3, 5, dtype=torch.uint8))
+
+
+def test_encode_maps_infinities_to_inf_or_nan_codes():
+    v = torch.tensor([float("inf"), -float("inf"), float("nan")])
+    assert encode(v, E5M2).tolist() == [0x7C, 0xFC, 0x7E]
+    assert torch.isnan(decode(encode(v, E4M3), E4M3)).all()
+    assert encode(v, E2M1).tolist() == [0, 0, 0]
