@@ -4,8 +4,9 @@
   with weight decay only on matrices: parameters marked ``_no_weight_decay`` (Mamba's ``A_log``,
   ``D``, ``dt_bias``), 0-/1-D tensors (norm weights, biases), ``nn.Embedding`` tables and the
   ViT's ``cls_token``/``pos_embed`` (timm's ``no_weight_decay`` names) are not decayed.
-  ``OptimConfig.wrappers`` then hands the optimizer to hooks named by dotted path — e.g. an
-  optimizer wrapper such as TetraJet's Q-Ramping — so new optimizer machinery plugs in by config.
+  The recipe's per-step hooks (TetraJet's Q-EMA, Q-Ramping) are attached to it; then
+  ``OptimConfig.wrappers`` hands it to hooks named by dotted path, so new optimizer machinery
+  plugs in by config.
 * ``lr_factor``: the multiplier of the peak learning rate at an optimizer step —
   ``cosine`` (linear warmup, then half-cosine to ``min_lr_ratio``; SGDR, arXiv 1608.03983),
   ``wsd`` (warmup-stable-decay: linear warmup, constant, then linear decay over the last
@@ -23,6 +24,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from fp4train.tetrajet import attach_tetrajet
 
 __all__ = ["OptimConfig", "SCHEDULES", "build_optimizer", "build_scheduler", "lr_factor", "param_groups", "resolve_target"]
 
@@ -106,10 +109,12 @@ def resolve_target(spec: dict[str, Any], what: str) -> Any:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW over ``param_groups(model)``, then ``cfg.wrappers`` applied in order."""
+    """AdamW over ``param_groups(model)`` with the recipe's per-step hooks (TetraJet's Q-EMA and
+    Q-Ramping, a no-op for other recipes), then ``cfg.wrappers`` applied in order."""
     opt: torch.optim.Optimizer = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps
     )
+    attach_tetrajet(model, opt)
     for spec in cfg.wrappers:
         spec = dict(spec)
         out = resolve_target(spec, "optimizer wrapper")(model=model, optimizer=opt, **spec)
@@ -124,14 +129,15 @@ def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return 1.0
-    if cfg.schedule == "cosine":
-        span = max(total_steps - cfg.warmup_steps, 1)
+    if cfg.schedule == "cosine":  # from the peak at step `warmup` to the minimum at the last step
+        span = max(total_steps - 1 - cfg.warmup_steps, 1)
         progress = min((step - cfg.warmup_steps) / span, 1.0)
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     decay_start = max(total_steps - round(cfg.decay_fraction * total_steps), cfg.warmup_steps)
     if step < decay_start:
         return 1.0
-    progress = min((step - decay_start) / max(total_steps - decay_start, 1), 1.0)
+    # the decay phase's first step is already below the peak and its last step is the minimum
+    progress = min((step - decay_start + 1) / max(total_steps - decay_start, 1), 1.0)
     return 1 - (1 - cfg.min_lr_ratio) * progress
 
 

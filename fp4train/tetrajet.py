@@ -215,8 +215,21 @@ class QRamping:
     def _group_of(self, p: torch.Tensor) -> dict:
         return next(g for g in self.optimizer.param_groups if any(q is p for q in g["params"]))
 
-    @torch.no_grad()
-    def _pre(self, optimizer, args, kwargs) -> None:
+    def _pre(self, optimizer, args, kwargs):
+        """Accumulate this step's gradients. A ``closure`` (Lightning passes one: it runs forward
+        and backward inside ``step``) is run here first, so the gradients exist; ``step`` then
+        gets its result instead of running it again."""
+        # the hook sees step's own arguments: (optimizer, [closure]), kwargs
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+            args, kwargs = args[:1], {**{k: v for k, v in kwargs.items() if k != "closure"}, "closure": lambda: loss}
+        with torch.no_grad():
+            self._accumulate(optimizer)
+        return args, kwargs
+
+    def _accumulate(self, optimizer) -> None:
         self._saved = {}
         for k, p in self.params.items():
             if p.grad is None:
@@ -230,7 +243,7 @@ class QRamping:
                 continue  # plain step for this tensor
             p.grad.copy_(torch.where(ready, self._acc[k] / self._count[k].clamp(min=1), p.grad))
             state = {n: t.clone() for n, t in optimizer.state.get(p, {}).items() if torch.is_tensor(t) and t.shape == p.shape}
-            self._saved[k] = (p.detach().clone(), state, ready)
+            self._saved[k] = (p.detach().clone(), state, ready)  # empty state: the step creates it
 
     @torch.no_grad()
     def _post(self, optimizer, args, kwargs) -> None:
@@ -242,11 +255,30 @@ class QRamping:
             period = self.period[k]
             ramped = old + decay + period.to(p.dtype) * (p - old - decay)
             p.copy_(torch.where(ready & (period == 1), p, torch.where(ready, ramped, old + decay)))
-            for n, t in old_state.items():
-                optimizer.state[p][n].copy_(torch.where(ready, optimizer.state[p][n], t))
+            for n, t in optimizer.state[p].items():
+                if torch.is_tensor(t) and t.shape == p.shape:  # elements not due keep their old (or zero) state
+                    t.copy_(torch.where(ready, t, old_state.get(n, torch.zeros_like(t))))
             self._acc[k] = torch.where(ready, torch.zeros_like(self._acc[k]), self._acc[k])
             self._count[k] = torch.where(ready, torch.zeros_like(self._count[k]), self._count[k])
         self._saved = {}
+
+    def _names(self) -> dict[int, str]:
+        return {id(p): n for n, p in self.model.named_parameters() if id(p) in self.params}
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Periods, accumulated gradients and counts, keyed by parameter name (for checkpoints)."""
+        names = self._names()
+        return {key: {names[k]: t.clone() for k, t in getattr(self, attr).items()}
+                for key, attr in (("period", "period"), ("acc", "_acc"), ("count", "_count"))}
+
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        names = self._names()
+        for key, attr in (("period", "period"), ("acc", "_acc"), ("count", "_count")):
+            target = getattr(self, attr)
+            for k, name in names.items():
+                if name not in state[key]:
+                    raise KeyError(f"Q-Ramping state has no {key!r} for parameter {name!r}")
+                target[k] = state[key][name].to(target[k].device, target[k].dtype).clone()
 
     def calibrate(self, run_step: Callable[[], None]) -> dict[str, float]:
         """Run ``calib_steps`` plain optimizer steps (``run_step`` does forward, backward and

@@ -11,6 +11,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from torch.utils.data import DataLoader
+
+from fp4train.lit import StepDataModule, StepSampler
 from fp4train.tetrajet import OscillationTracker, QRamping
 
 __all__ = ["OscillationLogger", "QRampingCalibration"]
@@ -52,32 +55,60 @@ class OscillationLogger(L.Callback):
 
 
 class QRampingCalibration(L.Callback):
-    """Runs ``QRamping.calibrate`` every ``every_n_steps`` optimizer steps (and at step 0) with
-    training batches of the run's own loader: ``calib_steps`` plain steps, then undone.
+    """Runs ``QRamping.calibrate`` every ``every_n_steps`` optimizer steps (and at step 0):
+    ``calib_steps`` plain steps on the batches training is about to see (a loader of its own over
+    the same ``StepSampler`` stream, so training's stream is untouched and a resumed run calibrates
+    on the same data), under the run's autocast and gradient clipping, then undone.
 
     Finds the ``QRamping`` that ``fp4train.tetrajet.attach_tetrajet`` put on the optimizer
-    (``optimizer.qramping``); does nothing for runs without one. The intervals default to the
-    recipe's ``QRampingConfig``.
+    (``optimizer.qramping``); does nothing for runs without one. The interval defaults to the
+    recipe's ``QRampingConfig``. The Q-Ramping state (periods, accumulated gradients) is saved
+    in checkpoints through this callback.
     """
 
     def __init__(self, every_n_steps: int | None = None) -> None:
         self.every_n_steps = every_n_steps
         self.periods: dict[str, float] = {}
+        self.ramp: QRamping | None = None
+        self._pending: dict | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.ramp = getattr(trainer.optimizers[0], "qramping", None)
+        if self.ramp is not None and self._pending:
+            self.ramp.load_state_dict(self._pending)
+        self._pending = None
+
+    def state_dict(self) -> dict:
+        return self.ramp.state_dict() if self.ramp is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict or None
+
+    def _calibration_batches(self, trainer: L.Trainer):
+        dm = trainer.datamodule
+        if not isinstance(dm, StepDataModule):
+            raise TypeError(f"QRampingCalibration needs fp4train's StepDataModule, got {type(dm).__name__}")
+        accum = trainer.accumulate_grad_batches
+        sampler = StepSampler(len(dm.train_set), dm.micro_batch(), trainer.world_size, trainer.global_rank,
+                              dm.seed, trainer.global_step * accum)
+        return iter(DataLoader(dm.train_set, batch_size=dm.micro_batch(), sampler=sampler))
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        ramp, accum = self.ramp, trainer.accumulate_grad_batches
+        if ramp is None or batch_idx % accum:
+            return
+        if trainer.global_step % (self.every_n_steps or ramp.config.every_n_steps):
+            return
         optimizer = trainer.optimizers[0]
-        ramp: QRamping | None = getattr(optimizer, "qramping", None)
-        if ramp is None or batch_idx % trainer.accumulate_grad_batches:
-            return
-        every = self.every_n_steps or ramp.config.every_n_steps
-        if trainer.global_step % every:
-            return
-        loader = iter(trainer.train_dataloader)
+        batches = self._calibration_batches(trainer)
 
         def run_step() -> None:
-            calib_batch = pl_module.transfer_batch_to_device(next(loader), pl_module.device, 0)
-            loss = pl_module.compute_loss(calib_batch)[0]
-            loss.backward()
+            for _ in range(accum):
+                calib_batch = pl_module.transfer_batch_to_device(next(batches), pl_module.device, 0)
+                with trainer.precision_plugin.forward_context():
+                    loss = pl_module.compute_loss(calib_batch)[0]
+                (loss / accum).backward()
+            pl_module.clip_gradients(optimizer, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
             optimizer.step()
             optimizer.zero_grad()
 

@@ -33,6 +33,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from fp4train.callbacks import QuantStatsLogger, build_callbacks
+from fp4train.tetrajet_callbacks import QRampingCalibration
 from fp4train.convert import convert
 from fp4train.data import build_datasets
 from fp4train.lit import DIVERGED_FILE, MODULES, StepDataModule
@@ -197,6 +198,7 @@ def _callbacks(cfg: TrainConfig, out: Path) -> list[L.Callback]:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     if cfg.logger.quant_stats_every_n_steps > 0:
         callbacks.append(QuantStatsLogger(cfg.logger.quant_stats_every_n_steps))
+    callbacks.append(QRampingCalibration())  # a no-op unless the recipe has Q-Ramping
     return callbacks + build_callbacks(cfg.callbacks)
 
 

@@ -191,3 +191,57 @@ def test_quantization_confidence_is_one_on_grid_points_and_zero_on_thresholds():
     w[0, 1:5] = torch.tensor([1.0, 1.25, 1.125, -3.0])
     c = quantization_confidence(w, MX)[0]
     assert c[1] == 1 and c[2] == 0 and c[3] == 0.5 and c[4] == 1 and c[0] == 1
+
+
+def test_q_ramping_leaves_fresh_optimizer_state_of_waiting_elements_at_zero():
+    layer = QuantLinear.from_linear(nn.Linear(32, 16, bias=False), build_recipe("tetrajet"))
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1, weight_decay=0.0)
+    ramp = QRamping(layer, opt)
+    ramp.period[id(layer.weight)][0, 0] = 3
+    w0 = layer.weight.detach().clone()
+    layer.weight.grad = torch.ones_like(layer.weight)
+    opt.step()  # the first step creates AdamW's state
+    assert layer.weight[0, 0] == w0[0, 0]
+    assert opt.state[layer.weight]["exp_avg"][0, 0] == 0 and opt.state[layer.weight]["exp_avg_sq"][0, 0] == 0
+    assert opt.state[layer.weight]["exp_avg"][0, 1] != 0
+
+
+def test_q_ramping_state_round_trips_by_parameter_name():
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.blocks = nn.ModuleList([nn.Linear(64, 64), nn.Linear(64, 64)])
+    convert(model, "tetrajet_qramping")
+    ramp = QRamping(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    w = model.blocks[1].weight
+    ramp.period[id(w)][3, 5] = 6
+    ramp._acc[id(w)][3, 5] = 2.5
+    ramp._count[id(w)][3, 5] = 2
+    clone = copy.deepcopy(model)
+    other = QRamping(clone, torch.optim.SGD(clone.parameters(), lr=0.1))
+    other.load_state_dict(ramp.state_dict())
+    w2 = clone.blocks[1].weight
+    assert other.period[id(w2)][3, 5] == 6 and other._acc[id(w2)][3, 5] == 2.5 and other._count[id(w2)][3, 5] == 2
+    assert set(ramp.state_dict()["period"]) == {"blocks.0.weight", "blocks.1.weight"}
+
+
+def test_q_ramping_sees_the_gradients_of_a_closure_step_like_lightnings():
+    """Lightning runs forward and backward inside ``optimizer.step(closure)``; the ramped element
+    must still accumulate this step's gradient and move only on its third step."""
+    layer = QuantLinear.from_linear(nn.Linear(32, 16, bias=False), build_recipe("tetrajet"))
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    ramp = QRamping(layer, opt)
+    ramp.period[id(layer.weight)][0, 0] = 3
+    w0 = layer.weight.detach().clone()
+    for i in range(3):
+        def closure(i=i):
+            opt.zero_grad()
+            loss = (layer.weight * float(i + 1)).sum()  # gradient i + 1 everywhere
+            loss.backward()
+            return loss
+
+        loss = opt.step(closure)
+        assert loss is not None
+        if i < 2:
+            assert layer.weight[0, 0] == w0[0, 0]
+    assert torch.isclose(layer.weight[0, 0], w0[0, 0] - 0.1 * 3 * (1 + 2 + 3) / 3)
+    assert torch.allclose(layer.weight[0, 1], w0[0, 1] - 0.1 * (1 + 2 + 3))

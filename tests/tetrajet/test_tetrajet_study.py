@@ -29,3 +29,24 @@ def test_tetrajet_study_runs_every_variant_and_compares_them(tmp_path, capsys):
             assert {"osc/mean/oscillating_fraction", "osc/mean/flip_fraction", "osc/mean/confidence"} <= keys
             assert any(k.startswith("osc/blocks.0.") for k in keys)
         assert any(k.startswith("qramping/") for k in keys) == (name == "tetrajet_qramping")
+
+
+def test_q_ramping_run_resumes_exactly_and_calibration_leaves_the_data_stream_alone(tmp_path):
+    """Calibration at steps 0, 2, 4 (on a loader of its own); a resume from step 3 must give the
+    uninterrupted run's losses: Q-Ramping periods and pending gradients are in the checkpoint,
+    and the training batches are the same batches."""
+    import torch
+
+    from tests.train.conftest import TINY_VIT, read_metrics
+
+    common = [*TINY_VIT, "quant=tetrajet_qramping", "trainer.max_steps=6", "data.num_workers=2",
+              "quant.ramping_every_n_steps=2", "quant.ramping_calib_steps=2"]  # no recipe: attached by default
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run_main(*common, "checkpoint.every_n_steps=3", f"hydra.run.dir={full}")
+    ckpt = full / "checkpoints" / "step_3.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    ramp_state = next(v for k, v in state["callbacks"].items() if "QRampingCalibration" in k)
+    assert ramp_state["period"] and max(p.max().item() for p in ramp_state["period"].values()) >= 1
+    run_main(*common, f"checkpoint.resume={ckpt}", f"hydra.run.dir={resumed}")
+    expected = {s: v for s, v in read_metrics(full, "train/loss").items() if s >= 3}
+    assert read_metrics(resumed, "train/loss") == expected
