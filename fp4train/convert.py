@@ -11,6 +11,8 @@ layers of the first and last few blocks stay BF16):
 * ``include``/``exclude`` regular expressions filter candidates by module name.
 * A layer whose ``in_features``/``out_features`` do not fit its blocks raises a ``ValueError``
   naming it, or stays BF16 when ``recipe.skip_incompatible`` — the table says which.
+* A quantizing recipe that converts no layer at all (e.g. NVIDIA's 2 + 8 BF16 blocks on a
+  9-block model) raises, with the table: a run labelled ``nvfp4`` must not be BF16.
 """
 
 from __future__ import annotations
@@ -122,6 +124,13 @@ def convert(model: nn.Module, recipe: Recipe | RecipeConfig | str) -> Conversion
         _set_module(model, name, layer_cls.from_linear(module, recipe, layer_id))
         report.rows.append((name, shape, blk, recipe.name, ""))
         layer_id += 1
+    if report.rows and not report.quantized and not recipe.is_bf16:
+        raise ValueError(
+            f"recipe {recipe.name!r} quantized none of the model's {len(report.rows)} linear layers "
+            f"({n_blocks} blocks; bf16_first_blocks={recipe.bf16_first_blocks}, "
+            f"bf16_last_blocks={recipe.bf16_last_blocks}) — a run under this name would be BF16. "
+            f"Lower those, or check include/exclude.\n\n{report}"
+        )
     return report
 
 

@@ -113,9 +113,22 @@ def test_misfit_layer_is_named_at_conversion_or_kept_when_asked():
     model = Toy(d=24)  # 24 is not a multiple of 16
     with pytest.raises(ValueError, match=r"layer 'blocks.0.up' \(24 → 48\).*skip_incompatible"):
         convert(model, RecipeConfig(name="nvfp4", bf16_first_blocks=0, bf16_last_blocks=0))
+    with pytest.raises(ValueError, match=r"quantized none of the model's 11 linear layers(.|\n)*kept: x_fprop blocks \(1, 16\) do not tile weight 48×24"):
+        convert(model, RecipeConfig(name="nvfp4", bf16_first_blocks=0, bf16_last_blocks=0, skip_incompatible=True))
+
+
+def test_skipped_misfits_are_kept_in_bf16_and_named_in_the_table():
+    model = Toy(d=32)
+    model.blocks[1].up = nn.Linear(32, 40)  # 40 rows: not whole 16×16 weight tiles
+    model.blocks[1].down = nn.Linear(40, 32)
     report = convert(model, RecipeConfig(name="nvfp4", bf16_first_blocks=0, bf16_last_blocks=0, skip_incompatible=True))
-    assert report.quantized == []
-    assert "kept: x_fprop blocks (1, 16) do not tile weight 48×24" in str(report)
+    assert "blocks.1.up" not in report.quantized and "blocks.0.up" in report.quantized
+    assert "| blocks.1.up | 32 → 40 | 1 | bf16 | kept: w_fprop blocks (16, 16) do not tile weight 40×32 |" in str(report)
+
+
+def test_a_quantizing_recipe_that_converts_nothing_is_an_error():
+    with pytest.raises(ValueError, match=r"recipe 'nvfp4' quantized none.*5 blocks; bf16_first_blocks=2, bf16_last_blocks=8"):
+        convert(Toy(n=5), "nvfp4")
 
 
 def test_bf16_recipe_converts_nothing():

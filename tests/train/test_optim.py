@@ -37,17 +37,18 @@ def test_cosine_warms_up_linearly_then_decays_to_min_ratio():
     f = [lr_factor(s, 110, cfg) for s in range(110)]
     assert f[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
     assert f[10] == pytest.approx(1.0)
-    assert f[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert lr_factor(110, 110, cfg) == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert f[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 50 / 99)))
+    assert f[109] == pytest.approx(0.1)  # the last step that runs is at the minimum
+    assert all(a > b for a, b in zip(f[10:], f[11:]))
 
 
 def test_wsd_is_flat_until_the_decay_fraction_then_linear_to_min_ratio():
     cfg = OptimConfig(schedule="wsd", warmup_steps=5, decay_fraction=0.2, min_lr_ratio=0.0)
-    f = [lr_factor(s, 100, cfg) for s in range(101)]
+    f = [lr_factor(s, 100, cfg) for s in range(100)]
     assert f[4] == pytest.approx(1.0) and f[0] == pytest.approx(0.2)
     assert f[5:80] == pytest.approx([1.0] * 75)
-    assert f[90] == pytest.approx(0.5) and f[100] == pytest.approx(0.0)
+    assert f[80] == pytest.approx(0.95)  # the decay phase starts decaying at once
+    assert f[90] == pytest.approx(0.45) and f[99] == pytest.approx(0.0)  # minimum at the last step
 
 
 def test_unknown_schedule_names_the_valid_ones():
