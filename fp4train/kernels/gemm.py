@@ -177,11 +177,16 @@ def fp4_matmul(
     out_dtype: torch.dtype = torch.float32,
     config: tuple[int, int, int, int, int, int] | None = None,
     fused: bool = False,
+    cublas: bool | None = None,
 ) -> torch.Tensor:
     """``quantized_matmul(a, b, out_dtype)`` for FP4 operands (see ``fp4_supported``): ``A Bᵀ``
-    cropped to the unpadded (M, N). Default: dequantize each operand once to bf16
-    (``dequantize_fp4``), then ``_gemm_kernel`` on the tensor cores; ``fused=True`` dequantizes
-    per tile inside the GEMM instead (no bf16 copies, but each tile is decoded N/BN times)."""
+    cropped to the unpadded (M, N). Each operand is dequantized once to bf16 (``dequantize_fp4``,
+    exact); then either cuBLAS multiplies into an FP32 output (``torch.mm(..., out_dtype=float32)``:
+    exact products, FP32 accumulation, no intermediate rounding) and the tensor scales are applied
+    after, or ``_gemm_kernel`` (Triton) does it with the scales in its epilogue. ``cublas=None``
+    picks cuBLAS on a GPU when there are no tensor scales (MXFP4), Triton otherwise (NVFP4) and
+    under ``TRITON_INTERPRET``. ``fused=True`` dequantizes per tile inside the Triton GEMM (no bf16
+    copies, each tile decoded N/BN times)."""
     if not fp4_supported(a, b):
         raise ValueError(
             f"fp4_matmul needs NVFP4/MXFP4 operands with blocks of width 16/32 and equal padded K "
@@ -190,12 +195,18 @@ def fp4_matmul(
         )
     (mp, k), (np_, _) = a.padded, b.padded
     bm, bn, bk, group_m, warps, stages = config or (FUSED_CONFIG if fused else DEFAULT_CONFIG)
-    c = torch.empty(mp, np_, dtype=out_dtype, device=a.data.device)
-    dummy = _placeholder(a.data.device, torch.float32)
     a_in, b_in = (a.data, b.data) if fused else (dequantize_fp4(a), dequantize_fp4(b))
     m, n = a.shape[:-1].numel(), b.shape[:-1].numel()
-    if not fused and a.tensor_scale is None and b.tensor_scale is None and out_dtype == torch.bfloat16:
-        return (a_in @ b_in.T)[:m, :n]  # MX: no scale epilogue, so cuBLAS's bf16 GEMM is the GEMM
+    if cublas is None:  # measured (NOTES.md): cuBLAS wins without an epilogue, Triton's fused one with
+        cublas = a.data.is_cuda and not _interpreting() and a.tensor_scale is None and b.tensor_scale is None
+    if cublas and not fused:
+        c = torch.mm(a_in, b_in.T, out_dtype=torch.float32)
+        for t in (a.tensor_scale, b.tensor_scale):  # in the reference's order: (C·t_a)·t_b
+            if t is not None:
+                c.mul_(t)
+        return c[:m, :n].to(out_dtype)
+    c = torch.empty(mp, np_, dtype=out_dtype, device=a.data.device)
+    dummy = _placeholder(a.data.device, torch.float32)
     grid = (triton.cdiv(mp, bm) * triton.cdiv(np_, bn),)
     _gemm_kernel[grid](
         a_in, a.scales, b_in, b.scales, c,
