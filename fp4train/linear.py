@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fp4train.gemm import quantized_matmul
-from fp4train.quant import QuantizedTensor, QuantSpec, dequantize, quantize
+from fp4train.quant import QuantizedTensor, QuantSpec, dequantize, quantize, quantize_pair
 from fp4train.recipes import BF16, GEMMS, OPERANDS, Recipe, build_recipe
 
 __all__ = ["QuantLinear"]
@@ -43,15 +43,17 @@ class _QuantLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: "QuantLinear"):
         q = layer._quantize_operand
-        qx = q("x_fprop", x)
+        if layer.recipe.double_quant:  # TetraJet: Wgrad's x is the Fprop copy, quantized again
+            qx = q("x_fprop", x)
+            qxt = q("x_wgrad", dequantize(qx).T)
+        else:
+            qx, qxt = layer._quantize_pair("x_fprop", "x_wgrad", x)
         w_spec = layer.operand_spec("w_fprop")
         qw = layer.quantize_weight(weight.to(x.dtype) if w_spec.is_identity else weight, w_spec)
         y = quantized_matmul(qx, qw, out_dtype=torch.float32)
         if bias is not None:  # as addmm under autocast: bias in the activation dtype, one rounding
             y = y + bias.to(x.dtype).float()
         y = y.to(x.dtype)
-        x_src = dequantize(qx) if layer.recipe.double_quant else x
-        qxt = q("x_wgrad", x_src.T)
         ctx.layer, ctx.qxt, ctx.has_bias = layer, qxt, bias is not None
         ctx.qw = qw if layer.recipe.double_quant else None
         ctx.x_dtype = x.dtype
@@ -68,8 +70,9 @@ class _QuantLinearFunction(torch.autograd.Function):
             w_src = dequantize(ctx.qw, dtype=torch.float32) if ctx.qw is not None else weight
             if layer.operand_spec("w_dgrad").is_identity:  # an unquantized GEMM runs in the activation dtype
                 w_src = w_src.to(dy.dtype)
-            dx = quantized_matmul(q("dy_dgrad", dy), q("w_dgrad", w_src.T), out_dtype=ctx.x_dtype)
-            dw = quantized_matmul(q("dy_wgrad", dy.T), ctx.qxt, out_dtype=weight.dtype)
+            qdy, qdyt = layer._quantize_pair("dy_dgrad", "dy_wgrad", dy)
+            dx = quantized_matmul(qdy, q("w_dgrad", w_src.T), out_dtype=ctx.x_dtype)
+            dw = quantized_matmul(qdyt, ctx.qxt, out_dtype=weight.dtype)
             db = dy.sum(0).to(weight.dtype) if ctx.has_bias else None
         ctx.qxt = ctx.qw = None
         return dx, dw, db, None
@@ -121,13 +124,26 @@ class QuantLinear(nn.Linear):
     def is_unquantized(self) -> bool:
         return all(self.operand_spec(o).is_identity for o in OPERANDS)
 
-    def _quantize_operand(self, operand: str, t: torch.Tensor) -> QuantizedTensor:
+    def _generator(self, operand: str, device: torch.device) -> torch.Generator | None:
+        """The SR generator of ``operand`` for this step (``None`` when it rounds to nearest)."""
         spec = self.operand_spec(operand)
-        generator = None
-        if spec.rounding == "sr":
-            seed = stream_seed(spec.seed, self.layer_id, self.sr_step, OPERANDS.index(operand))
-            generator = torch.Generator(device=t.device).manual_seed(seed)
-        return quantize(t, spec, generator=generator)
+        if spec.rounding != "sr":
+            return None
+        seed = stream_seed(spec.seed, self.layer_id, self.sr_step, OPERANDS.index(operand))
+        return torch.Generator(device=device).manual_seed(seed)
+
+    def _quantize_operand(self, operand: str, t: torch.Tensor) -> QuantizedTensor:
+        return quantize(t, self.operand_spec(operand), generator=self._generator(operand, t.device))
+
+    def _quantize_pair(self, row_operand: str, col_operand: str, t: torch.Tensor) -> tuple[QuantizedTensor, QuantizedTensor]:
+        """``t`` for ``row_operand`` and ``t.T`` for ``col_operand`` (one read on the GPU)."""
+        return quantize_pair(
+            t,
+            self.operand_spec(row_operand),
+            self.operand_spec(col_operand),
+            row_generator=self._generator(row_operand, t.device),
+            col_generator=self._generator(col_operand, t.device),
+        )
 
     def quantize_weight(self, weight: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
         """Fprop weight quantizer; a subclass may change how W is rounded (e.g. TetraJet's Q-EMA)."""

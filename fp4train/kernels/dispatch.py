@@ -13,9 +13,9 @@ from fp4train.quant.spec import QuantSpec
 
 from .fp8 import fp8_cast_supported, quantize_fp8_per_tensor
 from .gemm import fp4_matmul, fp4_supported, fp8_matmul, fp8_supported
-from .quantize import quantize_fp4, quantize_fp4_pair, supports
+from .quantize import pairable, quantize_fp4, quantize_fp4_pair, supports
 
-__all__ = ["quantize_on_gpu", "matmul_on_gpu", "philox_seed"]
+__all__ = ["quantize_on_gpu", "quantize_pair_on_gpu", "matmul_on_gpu", "philox_seed"]
 
 _GOLDEN = 0x9E3779B97F4A7C15
 
@@ -57,6 +57,23 @@ def quantize_on_gpu(
         _, qt = quantize_fp4_pair(x.T, None, spec, col_rand=rand_bits, seed=seed)
         return qt  # column-wise of y is row-wise of x: no transposed copy
     return quantize_fp4(x, spec, rand_bits=rand_bits, seed=seed)
+
+
+def quantize_pair_on_gpu(
+    x: torch.Tensor,
+    row_spec: QuantSpec,
+    col_spec: QuantSpec,
+    row_generator: torch.Generator | None,
+    col_generator: torch.Generator | None,
+) -> tuple[QuantizedTensor, QuantizedTensor] | None:
+    """``quantize_pair`` by one launch of the fused kernel (one read of ``x``, both orientations),
+    when it handles both specs; each SR orientation draws in-kernel Philox bits from its own
+    generator (``philox_seed``). ``None`` otherwise: the caller then quantizes twice."""
+    if not (x.is_cuda and supports(x, row_spec) and supports(x, col_spec, colwise=True) and pairable(row_spec, col_spec)):
+        return None
+    row_seed = philox_seed(row_spec, row_generator) if row_spec.rounding == "sr" else None
+    col_seed = philox_seed(col_spec, col_generator) if col_spec.rounding == "sr" else None
+    return quantize_fp4_pair(x, row_spec, col_spec, seed=row_seed, col_seed=col_seed)
 
 
 def matmul_on_gpu(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype) -> torch.Tensor | None:

@@ -30,14 +30,11 @@ from fp4train.quant.blocks import _FP4_MAX_RECIPROCAL
 from fp4train.quant.hadamard import rht_matrix
 from fp4train.quant.spec import QuantSpec
 
-__all__ = ["supports", "quantize_fp4", "quantize_fp4_pair"]
+__all__ = ["supports", "pairable", "quantize_fp4", "quantize_fp4_pair"]
 
 _ONE_SIXTH = float(_FP4_MAX_RECIPROCAL)  # fp32(1/6), exactly as the reference multiplies
-# (BM, BK, num_warps) per program: wide row tiles when only the row-wise orientation is
-# written (long contiguous loads and stores), square-ish ones when the transpose is written too.
-# Both dims are multiples of every block (16, 32) and RHT size.
-_ROW_TILE = (32, 256, 8)
-_COL_TILE = (128, 64, 8)
+_ROW_TILE = (32, 256, 8)  # (BM, BK, num_warps) when only the row-wise orientation is written
+_TILE_ELEMENTS_PER_THREAD = 64  # column-wise tiles: BM (the block height) × VEC per thread
 _SUPPORTED_BLOCKS = {"nvfp4": ((1, 16), (16, 16)), "mxfp4": ((1, 32),)}
 _RHT_SIZES = (16, 32)
 
@@ -120,19 +117,33 @@ def _nvfp4_tensor_scales(amax_t):
 
 
 @triton.jit
+def _butterfly(g, R: tl.constexpr, C: tl.constexpr, H: tl.constexpr):
+    """One Walsh–Hadamard stage along the last dim of ``g`` (R, C): ``(a, b) → (a + b, a - b)``
+    for the elements ``i`` and ``i + H`` of every group of ``2H``."""
+    a, b = tl.split(tl.permute(tl.reshape(g, (R, C // (2 * H), 2, H)), (0, 1, 3, 2)))
+    return tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), (R, C))
+
+
+@triton.jit
 def _rht(v, h_ptr, R: tl.constexpr, C: tl.constexpr, D: tl.constexpr):
     """``hadamard.apply_rht(v, D, seed)`` of a tile: each group of ``D`` along the last dim times
-    ``R`` (``h_ptr``: the float32 ``(D, D)`` matrix), accumulated in float32. A 16-bit input has
-    at most 11 significant bits, so TF32 tensor cores form its products ``x·(±1/√D)`` exactly;
-    a float32 input takes the IEEE (FMA) path."""
+    ``R = diag(s) H_D / sqrt(D)`` (``h_ptr``: that float32 ``(D, D)`` matrix), in float32.
+
+    As a fast Walsh–Hadamard transform: ``w_i = v_i · R[i, 0]`` are exactly the products the
+    reference forms (``R[i, j] = ±R[i, 0]``), then ``log2 D`` butterfly stages add them, ``D - 1``
+    additions per output as in the matmul, in another order. Where the groups lie along the
+    per-thread dim of the tile's layout (the column-wise orientation) the stages stay in
+    registers."""
     i = tl.arange(0, D)
-    h = tl.load(h_ptr + i[:, None] * D + i[None, :])
-    g = tl.reshape(v.to(tl.float32), (R * C // D, D))
-    if v.dtype == tl.float32:
-        out = tl.dot(g, h, input_precision="ieee")
-    else:
-        out = tl.dot(g, h, input_precision="tf32")
-    return tl.reshape(out, (R, C))
+    w = tl.reshape(v.to(tl.float32), (R, C // D, D)) * tl.load(h_ptr + i * D)[None, None, :]
+    g = tl.reshape(w, (R, C))
+    g = _butterfly(g, R, C, 1)
+    g = _butterfly(g, R, C, 2)
+    g = _butterfly(g, R, C, 4)
+    g = _butterfly(g, R, C, 8)
+    if D == 32:
+        g = _butterfly(g, R, C, 16)
+    return g
 
 
 @triton.jit
@@ -229,9 +240,24 @@ def _quantize_tile(
 
 
 @triton.jit
-def _load_tile(x_ptr, M, K, stride, BM: tl.constexpr, BK: tl.constexpr):
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    cols = tl.program_id(1) * BK + tl.arange(0, BK)
+def _tile_origin(M, K, BM: tl.constexpr, BK: tl.constexpr, REVERSE: tl.constexpr):
+    """``(row0, col0)`` of this program's tile: a 1-D grid over row bands, the tiles of a band
+    consecutive; ``REVERSE`` walks it backwards, so a pass that follows another (quantize after
+    the amax pass) starts on the tiles the first one read last, which are still in L2."""
+    pid = tl.program_id(0)
+    if REVERSE:
+        pid = tl.num_programs(0) - 1 - pid
+    n_k = tl.cdiv(K, BK)
+    return (pid // n_k) * BM, (pid % n_k) * BK
+
+
+@triton.jit
+def _load_tile(x_ptr, M, K, stride, row0, col0, BM: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr):
+    """The (BM, BK) tile at ``(row0, col0)``, loaded ``VEC`` contiguous elements per thread: with
+    ``BK = VEC · 32 · num_warps`` each thread then holds all ``BM`` rows of its ``VEC`` columns,
+    so column-wise blocks (along rows) are reduced and scaled in registers."""
+    rows = row0 + tl.arange(0, BM)
+    cols = tl.max_contiguous(col0 + tl.arange(0, BK), VEC)
     mask = (rows[:, None] < M) & (cols[None, :] < K)
     return tl.load(x_ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0)
 
@@ -247,13 +273,14 @@ def _tile_amax(v, h_ptr, R: tl.constexpr, C: tl.constexpr, D: tl.constexpr):
 @triton.jit
 def _amax_kernel(
     x_ptr, M, K, stride, amax_ptr, h_ptr,
-    BM: tl.constexpr, BK: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr,
     ROW_RHT: tl.constexpr, COL_RHT: tl.constexpr,
 ):
     """``x.abs().amax()`` (of ``apply_rht(x)`` / ``apply_rht(x.T)`` where asked) for the row- and
     column-wise orientations into ``amax_ptr[0:2]`` (int32 bit patterns, atomic max; NaN is
     stored as inf, which gives the same NaN tensor scale)."""
-    x = _load_tile(x_ptr, M, K, stride, BM, BK)
+    r0, c0 = _tile_origin(M, K, BM, BK, False)
+    x = _load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC)
     if ROW:
         tl.atomic_max(amax_ptr, _tile_amax(x, h_ptr, BM, BK, ROW_RHT))
     if COL:
@@ -265,17 +292,16 @@ def _quantize_kernel(
     x_ptr, M, K, stride, amax_ptr, ts_ptr, h_ptr,
     row_codes, row_scales, row_rand, row_seed,
     col_codes, col_scales, col_rand, col_seed,
-    BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
-    MX: tl.constexpr, MX_CEIL: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr, REVERSE: tl.constexpr,
+    BR: tl.constexpr, BC: tl.constexpr, MX: tl.constexpr, MX_CEIL: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr,
     ROW_RHT: tl.constexpr, COL_RHT: tl.constexpr, ROW_SR: tl.constexpr, COL_SR: tl.constexpr,
     PHILOX: tl.constexpr, ONE_SIXTH: tl.constexpr,
 ):
     """``api.quantize(x, spec)`` (ROW) and ``api.quantize(x.T, spec_col)`` (COL) from one read
     of a (BM, BK) tile of ``x``; the tensor amaxes come from ``_amax_kernel``. ``*_RHT``: RHT size
     (0: none); ``*_SR``: SR random bits per element (0: RN)."""
-    x = _load_tile(x_ptr, M, K, stride, BM, BK)
-    r0 = tl.program_id(0) * BM
-    c0 = tl.program_id(1) * BK
+    r0, c0 = _tile_origin(M, K, BM, BK, REVERSE)
+    x = _load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC)
     if ROW:
         v = x
         if ROW_RHT > 0:
@@ -328,6 +354,30 @@ def _rht_on(d: int, seed: int, device: torch.device) -> torch.Tensor:
     return _RHT_CACHE[key]
 
 
+def pairable(row_spec: QuantSpec, col_spec: QuantSpec) -> bool:
+    """Whether one launch can write both orientations: the same format, block and scale rule;
+    the same RHT (size and seed) or none on one side."""
+    same = (row_spec.fmt, row_spec.block_shape, row_spec.mx_rule) == (col_spec.fmt, col_spec.block_shape, col_spec.mx_rule)
+    rhts = {s.rht and (s.rht, s.seed) for s in (row_spec, col_spec)} - {None}
+    return same and len(rhts) <= 1
+
+
+def _tile(m: int, k: int, element_size: int, col_block: int | None) -> tuple[int, int, int, int]:
+    """``(BM, BK, VEC, num_warps)``. Row-wise only: wide tiles (long contiguous loads and
+    stores). With the column-wise orientation: BM = its block height, and ``VEC`` columns per
+    thread, ``BK = VEC · 32 · num_warps``, so that each thread holds whole column blocks
+    (``_load_tile``); fewer warps for narrow matrices. BK stays a multiple of every block width
+    and RHT size (16, 32)."""
+    if col_block is None:
+        bm, bk, warps = _ROW_TILE
+        return bm, bk, 16 // element_size, warps
+    vec = min(16 // element_size, _TILE_ELEMENTS_PER_THREAD // col_block)
+    warps = 4
+    while warps > 1 and vec * 32 * warps > k:
+        warps //= 2
+    return col_block, vec * 32 * warps, vec, warps
+
+
 def _check(x: torch.Tensor, spec: QuantSpec, colwise: bool, rand: torch.Tensor | None, shape: tuple[int, int]) -> None:
     if not supports(x, spec, colwise):
         raise ValueError(
@@ -347,6 +397,7 @@ def quantize_fp4_pair(
     row_rand: torch.Tensor | None = None,
     col_rand: torch.Tensor | None = None,
     seed: int | None = None,
+    col_seed: int | None = None,
     amax: torch.Tensor | None = None,
 ) -> tuple[QuantizedTensor | None, QuantizedTensor | None]:
     """``(quantize(x, row_spec), quantize(x_mat.T, col_spec))`` from one read of ``x`` (viewed
@@ -356,20 +407,21 @@ def quantize_fp4_pair(
     (one of the two may have none).
     SR takes bits from ``row_rand`` (M, K) / ``col_rand`` (K, M) (int32 in ``[0, 2^sr_bits)``)
     when given — then the result equals the reference called with ``rand_bits`` — else from
-    in-kernel Philox seeded with ``seed`` (default ``spec.seed``; the column-wise stream uses
-    ``seed + 1``). ``amax``: optional float32 ``(2,)`` tensor amaxes (row, col) for NVFP4,
-    e.g. from the producer of ``x``, which skips the amax pass.
+    in-kernel Philox seeded with ``seed`` (default: the first spec's seed) and ``col_seed``
+    for the column-wise stream (default ``seed + 1``). ``amax``: optional float32 ``(2,)``
+    tensor amaxes (row, col) for NVFP4, e.g. from the producer of ``x``, which skips the amax
+    pass.
     """
     specs = [s for s in (row_spec, col_spec) if s is not None]
     if not specs:
         raise ValueError("quantize_fp4_pair needs at least one of row_spec, col_spec")
     first = specs[0]
-    for s in specs[1:]:
-        if (s.fmt, s.block_shape, s.mx_rule) != (first.fmt, first.block_shape, first.mx_rule):
-            raise ValueError(f"row and column specs must share fmt, block and scale_rule: {row_spec} vs {col_spec}")
+    if not pairable(first, specs[-1]):
+        raise ValueError(
+            f"row and column specs must share fmt, block and scale_rule, and use the same RHT (size and seed) "
+            f"or one of them none: {row_spec} vs {col_spec}"
+        )
     rhts = {s.rht and (s.rht, s.seed) for s in specs} - {None}
-    if len(rhts) > 1:
-        raise ValueError(f"row and column specs must use the same RHT (size and seed) or none: {rhts}")
     xm = x.reshape(-1, x.shape[-1])
     if xm.stride(-1) != 1:
         xm = xm.contiguous()
@@ -389,10 +441,11 @@ def quantize_fp4_pair(
         rc, rs = torch.empty(m, k // 2, dtype=u8, device=dev), torch.empty(m // br, k // bc, dtype=u8, device=dev)
     if col_spec is not None:
         cc, cs = torch.empty(k, m // 2, dtype=u8, device=dev), torch.empty(k // br, m // bc, dtype=u8, device=dev)
-    bm, bk, warps = _ROW_TILE if col_spec is None else _COL_TILE
-    grid = (triton.cdiv(m, bm), triton.cdiv(k, bk))
+    bm, bk, vec, warps = _tile(m, k, x.element_size(), None if col_spec is None else col_spec.block_shape[1])
+    grid = (triton.cdiv(m, bm) * triton.cdiv(k, bk),)
     row_d = (row_spec.rht or 0) if row_spec else 0
     col_d = (col_spec.rht or 0) if col_spec else 0
+    reverse = not mx and amax is None  # the quantize pass follows an amax pass: walk back through L2
     if mx:
         amax_buf = torch.zeros(2, dtype=torch.int32, device=dev)
     elif amax is not None:
@@ -400,7 +453,7 @@ def quantize_fp4_pair(
     else:
         amax_buf = torch.zeros(2, dtype=torch.int32, device=dev)
         _amax_kernel[grid](
-            xm, m, k, xm.stride(0), amax_buf, h, BM=bm, BK=bk, num_warps=warps,
+            xm, m, k, xm.stride(0), amax_buf, h, BM=bm, BK=bk, VEC=vec, num_warps=warps,
             ROW=row_spec is not None, COL=col_spec is not None, ROW_RHT=row_d, COL_RHT=col_d,
         )
     base_seed = (first.seed if seed is None else seed) % _SEED_MOD
@@ -414,8 +467,8 @@ def quantize_fp4_pair(
     _quantize_kernel[grid](
         xm, m, k, xm.stride(0), amax_buf, ts, h,
         rc, rs, row_rand if row_rand is not None else dummy, base_seed,
-        cc, cs, col_rand if col_rand is not None else dummy, (base_seed + 1) % _SEED_MOD,
-        BM=bm, BK=bk, BR=br, BC=bc, MX=mx, MX_CEIL=first.mx_rule == "ceil",
+        cc, cs, col_rand if col_rand is not None else dummy, (base_seed + 1 if col_seed is None else col_seed) % _SEED_MOD,
+        BM=bm, BK=bk, VEC=vec, REVERSE=reverse, BR=br, BC=bc, MX=mx, MX_CEIL=first.mx_rule == "ceil",
         ROW=row_spec is not None, COL=col_spec is not None, ROW_RHT=row_d, COL_RHT=col_d,
         ROW_SR=row_sr, COL_SR=col_sr, PHILOX=not explicit, ONE_SIXTH=_ONE_SIXTH,
         enable_fp_fusion=False, num_warps=warps,

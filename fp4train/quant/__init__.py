@@ -1,6 +1,6 @@
 """Number formats and block quantizers (CPU reference; the Triton kernels must equal it)."""
 
-from .api import QuantizedTensor, dequantize, fake_quantize, quantize
+from .api import QuantizedTensor, dequantize, fake_quantize, quantize, quantize_pair
 from .formats import E2M1, E4M3, E5M2, decode, encode, pack_fp4, round_to_grid, unpack_fp4
 from .hadamard import apply_rht, rht_matrix, rht_signs
 from .spec import BLOCK_FORMATS, QuantSpec
@@ -9,6 +9,7 @@ __all__ = [
     "QuantSpec",
     "QuantizedTensor",
     "quantize",
+    "quantize_pair",
     "dequantize",
     "fake_quantize",
     "BLOCK_FORMATS",

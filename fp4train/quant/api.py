@@ -1,4 +1,4 @@
-"""The public quantization entry points: ``quantize``, ``dequantize``, ``fake_quantize``.
+"""The public quantization entry points: ``quantize``, ``quantize_pair``, ``dequantize``, ``fake_quantize``.
 
 Every part of fp4train (the linear layer, the kernels' tests, the metrics) goes through
 these, so a change to how a format rounds is made once, in ``formats.py``/``blocks.py``.
@@ -34,7 +34,7 @@ from .formats import (
 from .hadamard import apply_rht
 from .spec import QuantSpec
 
-__all__ = ["QuantizedTensor", "quantize", "dequantize", "fake_quantize"]
+__all__ = ["QuantizedTensor", "quantize", "quantize_pair", "dequantize", "fake_quantize"]
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
@@ -159,6 +159,31 @@ def quantize(
     if fmt.is_fp4:
         codes = pack_fp4(codes)
     return QuantizedTensor(spec, shape, dtype, codes, scale_codes, tensor_scale, (rows, cols))
+
+
+def quantize_pair(
+    x: torch.Tensor,
+    row_spec: QuantSpec,
+    col_spec: QuantSpec,
+    *,
+    row_generator: torch.Generator | None = None,
+    col_generator: torch.Generator | None = None,
+) -> tuple[QuantizedTensor, QuantizedTensor]:
+    """``(quantize(x, row_spec), quantize(x_mat.T, col_spec))`` with ``x_mat`` = ``x`` with its
+    leading dims flattened: the two copies of one operand that a linear layer's GEMMs take
+    (``x``: Fprop and Wgrad; ``dy``: Dgrad and Wgrad), each with its own SR generator.
+
+    Always equal to the two calls. On the GPU, when the fused kernel handles both specs, one
+    launch reads ``x`` once and writes both (``fp4train.kernels.quantize.quantize_fp4_pair``).
+    """
+    if x.is_cuda:  # --- GPU dispatch (fp4train.kernels): both orientations from one read ---
+        from fp4train.kernels.dispatch import quantize_pair_on_gpu
+
+        pair = quantize_pair_on_gpu(x, row_spec, col_spec, row_generator, col_generator)
+        if pair is not None:
+            return pair  # --- end of GPU dispatch ---
+    x_mat = x.reshape(-1, x.shape[-1]) if x.dim() > 0 else x
+    return quantize(x, row_spec, generator=row_generator), quantize(x_mat.T, col_spec, generator=col_generator)
 
 
 def dequantize(qt: QuantizedTensor, *, keep_rht: bool = False, dtype: torch.dtype | None = None) -> torch.Tensor:
