@@ -170,7 +170,7 @@ def _warm(job: tuple[str, str]) -> str:
 
 def warm_caches(workers: int) -> None:
     jobs = [("quant", n) for n in QUANT_VARIANTS] + [("gemm", str(i)) for i in range(len(GEMM_CONFIGS))]
-    jobs += [("linear", "nvfp4"), ("linear", "mxfp4")] + [("compile", n) for n in COMPILED_REFERENCES]
+    jobs += [("linear", "nvfp4"), ("linear", "mxfp4"), ("linear", "fp8")] + [("compile", n) for n in COMPILED_REFERENCES]
     with mp.get_context("spawn").Pool(workers) as pool:
         for msg in pool.imap_unordered(_warm, jobs):
             log(f"warm {msg}")
@@ -315,26 +315,35 @@ def _step_gpu_ms(step) -> float:
     return sum(getattr(e, "self_device_time_total", 0) for e in prof.key_averages()) / 1e3
 
 
+LINEAR_SHAPES = [(4096, 4096), (4096, 14336)]  # (in, out) features; M tokens
+
+
 def time_linears() -> list[dict]:
     from fp4train.linear import QuantLinear
 
-    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    dy = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
-    ref = torch.nn.Linear(K, N, bias=False, device="cuda", dtype=torch.bfloat16)
-    layers = {"bf16 nn.Linear": ref}
-    for recipe in ("nvfp4", "mxfp4"):
-        layers[f"QuantLinear {recipe} (kernels)"] = QuantLinear(K, N, bias=False, recipe=recipe, device="cuda")
     rows = []
-    for name, layer in layers.items():
-        def step():
-            layer(x).backward(dy)
-        for _ in range(3):
-            step()
-        rows.append({"linear": f"{name} fwd+bwd", "eager_ms": ms(step), "gpu_ms": _step_gpu_ms(step)})
-        log(f"linear {rows[-1]}")
-    for r in rows:
-        r["vs_bf16_eager"] = rows[0]["eager_ms"] / r["eager_ms"]
-        r["vs_bf16_gpu"] = rows[0]["gpu_ms"] / r["gpu_ms"]
+    for k, n in LINEAR_SHAPES:
+        x = torch.randn(M, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        dy = torch.randn(M, n, device="cuda", dtype=torch.bfloat16)
+        layers = {"bf16 nn.Linear": torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)}
+        for recipe in ("nvfp4", "mxfp4", "fp8"):
+            layers[f"QuantLinear {recipe}"] = QuantLinear(k, n, bias=False, recipe=recipe, device="cuda")
+        first = len(rows)
+        for name, layer in layers.items():
+            def step():
+                layer(x).backward(dy)
+            for _ in range(3):
+                step()
+            rows.append({"linear": f"{name} {M}×{k}→{n} fwd+bwd", "eager_ms": ms(step), "gpu_ms": _step_gpu_ms(step)})
+            log(f"linear {rows[-1]}")
+            if name == "QuantLinear nvfp4" and k == n:
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                    step()
+                    torch.cuda.synchronize()
+                log("kernels of one nvfp4 step:\n" + prof.key_averages().table(sort_by="self_device_time_total", row_limit=14))
+        for r in rows[first:]:
+            r["vs_bf16_eager"] = rows[first]["eager_ms"] / r["eager_ms"]
+            r["vs_bf16_gpu"] = rows[first]["gpu_ms"] / r["gpu_ms"]
     return rows
 
 
@@ -368,9 +377,9 @@ def markdown(res: dict) -> str:
                      f"{f('ms_reference_eager')} | {f('ms_reference_compiled')} |")
     lines += ["\n## GEMM 8192×4096×4096 (M×N×K), bf16 output, GPU time (CUDA graph)\n", "| GEMM | ms | TFLOP/s | speed vs bf16 |", "|---|---|---|---|"]
     lines += [f"| {r['gemm']} | {r['ms']:.3f} | {r['TFLOP/s']:.0f} | {r['vs_bf16']:.2f} |" for r in res["gemm"]]
-    lines += ["\n## Linear 8192 tokens, 4096 → 4096, fwd + bwd (eager wall time; GPU = sum of kernel times)\n",
-              "| layer | eager ms | GPU ms | speed vs bf16 (eager) | speed vs bf16 (GPU) |", "|---|---|---|---|---|"]
-    lines += [f"| {r['linear']} | {r['eager_ms']:.3f} | {r['gpu_ms']:.3f} | {r['vs_bf16_eager']:.2f} | {r['vs_bf16_gpu']:.2f} |" for r in res["linear"]]
+    lines += ["\n## Linear fwd + bwd (eager wall time; GPU = sum of kernel times); time vs bf16 nn.Linear of the same shape\n",
+              "| layer | eager ms | GPU ms | time vs bf16 (eager) | time vs bf16 (GPU) |", "|---|---|---|---|---|"]
+    lines += [f"| {r['linear']} | {r['eager_ms']:.3f} | {r['gpu_ms']:.3f} | {1 / r['vs_bf16_eager']:.2f}× | {1 / r['vs_bf16_gpu']:.2f}× |" for r in res["linear"]]
     lines += ["\n## GPU checks against the CPU reference\n", "| check | result |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in {**res["check_quantize"], **{f'GEMM rel. error {k}': f'{v:.1e}' for k, v in res['check_gemm'].items()}}.items()]
     return "\n".join(lines) + "\n"
