@@ -50,10 +50,10 @@ class _QuantLinearFunction(torch.autograd.Function):
             qx, qxt = layer._quantize_pair("x_fprop", "x_wgrad", x)
         w_spec = layer.operand_spec("w_fprop")
         qw = layer.quantize_weight(weight.to(x.dtype) if w_spec.is_identity else weight, w_spec)
-        y = quantized_matmul(qx, qw, out_dtype=torch.float32)
-        if bias is not None:  # as addmm under autocast: bias in the activation dtype, one rounding
-            y = y + bias.to(x.dtype).float()
-        y = y.to(x.dtype)
+        if bias is None:  # the GEMM rounds its FP32 result to the activation dtype once
+            y = quantized_matmul(qx, qw, out_dtype=x.dtype)
+        else:  # as addmm under autocast: bias in the activation dtype, added in FP32, one rounding
+            y = (quantized_matmul(qx, qw, out_dtype=torch.float32) + bias.to(x.dtype).float()).to(x.dtype)
         ctx.layer, ctx.qxt, ctx.has_bias = layer, qxt, bias is not None
         ctx.qw = qw if layer.recipe.double_quant else None
         ctx.x_dtype = x.dtype

@@ -52,7 +52,7 @@ QUANT_VARIANTS = {  # name: (row spec, column spec)
     "mxfp4 ceil row sr": (MX_CEIL_SR, None),
     "mxfp4 floor col rn": (None, MX),
 }
-GEMM_CONFIGS = [DEFAULT_CONFIG, (128, 128, 64, 8, 4, 4), (128, 256, 64, 8, 8, 3), (128, 256, 64, 8, 8, 4)]
+GEMM_CONFIGS = [DEFAULT_CONFIG, (128, 128, 64, 8, 4, 4), (128, 256, 64, 8, 8, 3), (256, 128, 64, 8, 8, 4), (256, 128, 128, 8, 8, 2)]
 COMPILED_REFERENCES = {"nvfp4 row rn (x fprop)": NV}  # mxfp4 compiled: 698 us in run 2 (NOTES.md), 100 s to compile
 
 
@@ -285,6 +285,32 @@ def time_quantizers(copy_gbs: float) -> list[dict]:
     return rows
 
 
+TILE_SWEEP = {  # variant: (BM, BK, VEC, num_warps) tiles to time; the first is `_tile`'s choice
+    "nvfp4 col rn rht16 (x wgrad)": [(16, 512, 4, 4), (16, 256, 2, 4), (16, 1024, 8, 4), (16, 256, 4, 2), (16, 1024, 4, 8), (32, 256, 2, 4)],
+    "nvfp4 row rn + col rn rht16 (x both)": [(16, 512, 4, 4), (16, 256, 2, 4), (16, 1024, 8, 4), (16, 256, 4, 2)],
+    "nvfp4 row sr + col sr rht16 (dy both)": [(16, 512, 4, 4), (16, 256, 2, 4), (16, 128, 1, 4), (16, 256, 4, 2)],
+    "nvfp4 16x16 row + col (W both)": [(16, 512, 4, 4), (16, 256, 2, 4), (16, 1024, 8, 4)],
+    "mxfp4 floor col rn": [(32, 256, 2, 4), (32, 512, 4, 4), (32, 128, 1, 4), (32, 512, 2, 8)],
+    "nvfp4 row rn (x fprop)": [(32, 256, 8, 8), (16, 512, 4, 4), (32, 512, 8, 8), (64, 256, 8, 8)],
+}
+
+
+def time_tiles(copy_gbs: float) -> list[dict]:
+    """The quantize pass alone (NVFP4 amax given) per tile shape, for choosing ``_tile``'s defaults."""
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    amax = torch.full((2,), 4.0, device="cuda")
+    rows = []
+    for name, tiles in TILE_SWEEP.items():
+        row, col = QUANT_VARIANTS[name]
+        spec = row or col
+        written = sum(M * K // 2 + M * K // spec.block_shape[1] for s in (row, col) if s is not None)
+        for tile in tiles:
+            t = gpu_ms(lambda: quantize_fp4_pair(x, row, col, amax=amax, tile=tile))
+            rows.append({"variant": name, "tile": list(tile), "gpu_ms": t, "frac_copy_bw": (M * K * 2 + written) / t / 1e6 / copy_gbs})
+            log(f"tile {name} {tile}: {t * 1e3:.1f} us")
+    return rows
+
+
 def time_gemms() -> list[dict]:
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
@@ -375,6 +401,9 @@ def markdown(res: dict) -> str:
                      f"{f('frac_copy_bw_actual_bytes', 100, '{:.0f}%')} | "
                      f"{f('gpu_ms_amax_given')} {f('frac_copy_bw_amax_given', 100, '/ {:.0f}%')} | {f('eager_ms')} | "
                      f"{f('ms_reference_eager')} | {f('ms_reference_compiled')} |")
+    lines += ["\n## Quantize pass alone (NVFP4 amax given) per tile (BM, BK, VEC, num_warps); first = default\n",
+              "| variant | tile | GPU µs | of copy BW |", "|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {tuple(r['tile'])} | {r['gpu_ms'] * 1e3:.0f} | {r['frac_copy_bw']:.0%} |" for r in res["tiles"]]
     lines += ["\n## GEMM 8192×4096×4096 (M×N×K), bf16 output, GPU time (CUDA graph)\n", "| GEMM | ms | TFLOP/s | speed vs bf16 |", "|---|---|---|---|"]
     lines += [f"| {r['gemm']} | {r['ms']:.3f} | {r['TFLOP/s']:.0f} | {r['vs_bf16']:.2f} |" for r in res["gemm"]]
     lines += ["\n## Linear fwd + bwd (eager wall time; GPU = sum of kernel times); time vs bf16 nn.Linear of the same shape\n",
@@ -389,7 +418,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("experiments/bench/results"))
     p.add_argument("--workers", type=int, default=12)
-    p.add_argument("--skip", nargs="*", default=[], choices=["warm", "check", "quantize", "gemm", "linear"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["warm", "check", "quantize", "tiles", "gemm", "linear"])
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     res: dict = {"environment": environment()}
@@ -403,7 +432,9 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     res["copy_GBs"] = copy_bandwidth()
     log(f"copy bandwidth {res['copy_GBs']:.0f} GB/s")
-    for part, fn in (("quantize", lambda: time_quantizers(res["copy_GBs"])), ("gemm", time_gemms), ("linear", time_linears)):
+    parts = (("quantize", lambda: time_quantizers(res["copy_GBs"])), ("tiles", lambda: time_tiles(res["copy_GBs"])),
+             ("gemm", time_gemms), ("linear", time_linears))
+    for part, fn in parts:
         if part not in args.skip:
             try:
                 res[part] = fn()
@@ -413,7 +444,7 @@ def main() -> None:
                 log(f"{part} failed: {e!r}")
             (args.out / "bench.json").write_text(json.dumps(res, indent=1))
     res.setdefault("check_quantize", {}), res.setdefault("check_gemm", {})
-    for part in ("quantize", "gemm", "linear"):
+    for part, _ in parts:
         res.setdefault(part, [])
     (args.out / "bench.md").write_text(markdown(res))
     print(markdown(res))

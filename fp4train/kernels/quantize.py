@@ -399,6 +399,7 @@ def quantize_fp4_pair(
     seed: int | None = None,
     col_seed: int | None = None,
     amax: torch.Tensor | None = None,
+    tile: tuple[int, int, int, int] | None = None,
 ) -> tuple[QuantizedTensor | None, QuantizedTensor | None]:
     """``(quantize(x, row_spec), quantize(x_mat.T, col_spec))`` from one read of ``x`` (viewed
     as a matrix ``x_mat`` of shape (M, K)); either spec may be ``None`` to skip that orientation.
@@ -410,7 +411,7 @@ def quantize_fp4_pair(
     in-kernel Philox seeded with ``seed`` (default: the first spec's seed) and ``col_seed``
     for the column-wise stream (default ``seed + 1``). ``amax``: optional float32 ``(2,)``
     tensor amaxes (row, col) for NVFP4, e.g. from the producer of ``x``, which skips the amax
-    pass.
+    pass. ``tile``: ``(BM, BK, VEC, num_warps)`` instead of ``_tile``'s choice (benchmarks).
     """
     specs = [s for s in (row_spec, col_spec) if s is not None]
     if not specs:
@@ -441,7 +442,9 @@ def quantize_fp4_pair(
         rc, rs = torch.empty(m, k // 2, dtype=u8, device=dev), torch.empty(m // br, k // bc, dtype=u8, device=dev)
     if col_spec is not None:
         cc, cs = torch.empty(k, m // 2, dtype=u8, device=dev), torch.empty(k // br, m // bc, dtype=u8, device=dev)
-    bm, bk, vec, warps = _tile(m, k, x.element_size(), None if col_spec is None else col_spec.block_shape[1])
+    bm, bk, vec, warps = tile or _tile(m, k, x.element_size(), None if col_spec is None else col_spec.block_shape[1])
+    if bm % br or (col_spec is not None and bm % col_spec.block_shape[1]) or bk % 32 or bk % (d or 1):
+        raise ValueError(f"tile {(bm, bk)} must hold whole blocks ({first.block_shape}) and Hadamard groups ({d})")
     grid = (triton.cdiv(m, bm) * triton.cdiv(k, bk),)
     row_d = (row_spec.rht or 0) if row_spec else 0
     col_d = (col_spec.rht or 0) if col_spec else 0
