@@ -51,6 +51,7 @@ QUANT_VARIANTS = {  # name: (row spec, column spec)
     "mxfp4 floor row rn": (MX, None),
     "mxfp4 ceil row sr": (MX_CEIL_SR, None),
     "mxfp4 floor col rn": (None, MX),
+    "mxfp4 ceil row sr + col sr (TetraJet dy)": (MX_CEIL_SR, MX_CEIL_SR),
 }
 GEMM_CONFIGS = [DEFAULT_CONFIG, (128, 128, 64, 8, 4, 4), (128, 256, 64, 8, 8, 3), (256, 128, 64, 8, 8, 4), (256, 128, 128, 8, 8, 2)]
 COMPILED_REFERENCES = {"nvfp4 row rn (x fprop)": NV}  # mxfp4 compiled: 698 us in run 2 (NOTES.md), 100 s to compile
@@ -286,12 +287,12 @@ def time_quantizers(copy_gbs: float) -> list[dict]:
 
 
 TILE_SWEEP = {  # variant: (BM, BK, VEC, num_warps) tiles to time; the first is `_tile`'s choice
-    "nvfp4 col rn rht16 (x wgrad)": [(16, 512, 4, 4), (16, 256, 2, 4), (16, 1024, 8, 4), (16, 256, 4, 2), (16, 1024, 4, 8), (32, 256, 2, 4)],
-    "nvfp4 row rn + col rn rht16 (x both)": [(16, 512, 4, 4), (16, 256, 2, 4), (16, 1024, 8, 4), (16, 256, 4, 2)],
-    "nvfp4 row sr + col sr rht16 (dy both)": [(16, 512, 4, 4), (16, 256, 2, 4), (16, 128, 1, 4), (16, 256, 4, 2)],
-    "nvfp4 16x16 row + col (W both)": [(16, 512, 4, 4), (16, 256, 2, 4), (16, 1024, 8, 4)],
-    "mxfp4 floor col rn": [(32, 256, 2, 4), (32, 512, 4, 4), (32, 128, 1, 4), (32, 512, 2, 8)],
-    "nvfp4 row rn (x fprop)": [(32, 256, 8, 8), (16, 512, 4, 4), (32, 512, 8, 8), (64, 256, 8, 8)],
+    "nvfp4 col rn rht16 (x wgrad)": [(32, 256, 2, 4), (16, 512, 4, 4), (64, 128, 1, 4), (64, 256, 2, 4), (32, 512, 2, 8), (32, 128, 2, 2)],
+    "nvfp4 row rn + col rn rht16 (x both)": [(16, 512, 4, 4), (32, 256, 2, 4), (64, 256, 2, 4), (32, 512, 2, 8)],
+    "nvfp4 row sr + col sr rht16 (dy both)": [(16, 512, 4, 4), (32, 256, 2, 4), (16, 256, 2, 4), (64, 256, 2, 4), (32, 512, 2, 8)],
+    "nvfp4 16x16 row + col (W both)": [(16, 512, 4, 4), (32, 256, 2, 4), (64, 256, 2, 4)],
+    "mxfp4 floor col rn": [(32, 256, 2, 4), (64, 256, 2, 4), (64, 128, 2, 2), (32, 512, 2, 8)],
+    "mxfp4 ceil row sr + col sr (TetraJet dy)": [(32, 256, 2, 4), (32, 512, 4, 4)],
 }
 
 
