@@ -287,12 +287,12 @@ def time_quantizers(copy_gbs: float) -> list[dict]:
 
 
 TILE_SWEEP = {  # variant: (BM, BK, VEC, num_warps) tiles to time; the first is `_tile`'s choice
-    "nvfp4 col rn rht16 (x wgrad)": [(32, 256, 2, 4), (16, 512, 4, 4), (64, 128, 1, 4), (64, 256, 2, 4), (32, 512, 2, 8), (32, 128, 2, 2)],
-    "nvfp4 row rn + col rn rht16 (x both)": [(16, 512, 4, 4), (32, 256, 2, 4), (64, 256, 2, 4), (32, 512, 2, 8)],
-    "nvfp4 row sr + col sr rht16 (dy both)": [(16, 512, 4, 4), (32, 256, 2, 4), (16, 256, 2, 4), (64, 256, 2, 4), (32, 512, 2, 8)],
-    "nvfp4 16x16 row + col (W both)": [(16, 512, 4, 4), (32, 256, 2, 4), (64, 256, 2, 4)],
-    "mxfp4 floor col rn": [(32, 256, 2, 4), (64, 256, 2, 4), (64, 128, 2, 2), (32, 512, 2, 8)],
-    "mxfp4 ceil row sr + col sr (TetraJet dy)": [(32, 256, 2, 4), (32, 512, 4, 4)],
+    "nvfp4 col rn rht16 (x wgrad)": [(32, 256, 2, 4), (16, 512, 4, 4), (64, 256, 2, 4), (32, 128, 2, 2)],
+    "nvfp4 row rn + col rn rht16 (x both)": [(16, 512, 4, 4), (16, 256, 2, 4), (32, 256, 2, 4)],
+    "nvfp4 row sr + col sr rht16 (dy both)": [(16, 256, 2, 4), (16, 512, 4, 4), (32, 256, 2, 4)],
+    "nvfp4 16x16 row + col (W both)": [(16, 512, 4, 4), (16, 256, 2, 4), (32, 256, 2, 4)],
+    "mxfp4 floor col rn": [(64, 256, 2, 4), (32, 256, 2, 4), (64, 128, 2, 2)],
+    "mxfp4 ceil row sr + col sr (TetraJet dy)": [(32, 256, 2, 4), (32, 128, 1, 4)],
 }
 
 

@@ -39,7 +39,16 @@ def loss_of(name: str, model: torch.nn.Module, batch: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits.float(), torch.zeros(len(batch), dtype=torch.long, device="cuda"))
 
 
-def bench(name: str, recipe: str, steps: int) -> dict:
+def top_kernels(step, n: int = 8) -> list[tuple[str, float]]:
+    """GPU ms per kernel name over one ``step()``, the ``n`` largest first (a profiler trace)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    times = [(e.key[:60], e.self_device_time_total / 1e3) for e in prof.key_averages() if e.self_device_time_total > 0]
+    return sorted(times, key=lambda kv: -kv[1])[:n]
+
+
+def bench(name: str, recipe: str, steps: int, profile: bool = False) -> dict:
     size, overrides, make_batch, items, item_name = MODELS[name]
     torch.manual_seed(0)
     model = build_model(name, size, **overrides).cuda()
@@ -48,23 +57,31 @@ def bench(name: str, recipe: str, steps: int) -> dict:
     batch = make_batch()
     times = []
     torch.cuda.reset_peak_memory_stats()
-    for i in range(steps + 3):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
+
+    def step() -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = loss_of(name, model, batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return loss
+
+    for i in range(steps + 3):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        loss = step()
         torch.cuda.synchronize()
         if i >= 3:
             times.append(time.perf_counter() - t)
     step_ms = statistics.median(times) * 1e3
-    return {
+    row = {
         "model": f"{name} {size}", "recipe": recipe, "quantized_linears": len(report.quantized),
         "step_ms": step_ms, f"{item_name}_per_s": items / step_ms * 1e3,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "loss": loss.item(),
     }
+    if profile:
+        row["top_kernels_gpu_ms"] = top_kernels(step)
+    return row
 
 
 def markdown(rows: list[dict], device: str) -> str:
@@ -84,11 +101,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--profile", action="store_true", help="record the largest kernels of one step per recipe")
     args = parser.parse_args()
     rows = []
     for name in MODELS:
         for recipe in RECIPES:
-            rows.append(bench(name, recipe, args.steps))
+            rows.append(bench(name, recipe, args.steps, args.profile))
             print(json.dumps(rows[-1]), flush=True)
             torch.cuda.empty_cache()
     device = torch.cuda.get_device_name()

@@ -34,8 +34,7 @@ __all__ = ["supports", "pairable", "quantize_fp4", "quantize_fp4_pair"]
 
 _ONE_SIXTH = float(_FP4_MAX_RECIPROCAL)  # fp32(1/6), exactly as the reference multiplies
 _ROW_TILE = (32, 256, 8)  # (BM, BK, num_warps) when only the row-wise orientation is written
-_COL_ROWS = 32  # rows of a tile that writes the column-wise orientation
-_TILE_ELEMENTS_PER_THREAD = 64  # column-wise tiles: BM × VEC per thread
+_TILE_ELEMENTS_PER_THREAD = 64  # tiles with both orientations: BM × VEC per thread
 _SUPPORTED_BLOCKS = {"nvfp4": ((1, 16), (16, 16)), "mxfp4": ((1, 32),)}
 _RHT_SIZES = (16, 32)
 
@@ -363,19 +362,20 @@ def pairable(row_spec: QuantSpec, col_spec: QuantSpec) -> bool:
     return same and len(rhts) <= 1
 
 
-def _tile(k: int, element_size: int, row: bool, col_block: int | None) -> tuple[int, int, int, int]:
-    """``(BM, BK, VEC, num_warps)``. Row-wise only: wide tiles (long contiguous loads and
-    stores). With the column-wise orientation: ``BM`` rows (whole column blocks; ``_COL_ROWS``
-    when only that orientation is written, one block height with both) and ``VEC`` columns per
-    thread, ``BK = VEC · 32 · num_warps``, so that each thread holds whole column blocks
-    (``_load_tile``) and writes ``BM/2`` contiguous code bytes per column; fewer warps for narrow
-    matrices. BK stays a multiple of every block width and RHT size (16, 32). Chosen by the tile
-    sweep of ``experiments/bench/run.py`` (NOTES.md)."""
+def _tile(k: int, element_size: int, row: bool, col_block: int | None, two_sr: bool) -> tuple[int, int, int, int]:
+    """``(BM, BK, VEC, num_warps)``, chosen by the tile sweep of ``experiments/bench/run.py`` on an
+    H100 (NOTES.md). Row-wise only: wide tiles (long contiguous loads and stores). With the
+    column-wise orientation, ``VEC`` columns per thread and ``BK = VEC · 32 · num_warps``, so that
+    each thread holds all ``BM`` rows of its columns, i.e. whole column blocks (``_load_tile``):
+    column-wise only, two blocks (``BM/2`` contiguous code bytes per column: 16 or 32), 2 columns;
+    both orientations, one block, 64 elements per thread (2 columns when both orientations draw
+    SR bits: registers). Fewer warps for narrow matrices; BK stays a multiple of every block width
+    and RHT size (16, 32)."""
     if col_block is None:
         bm, bk, warps = _ROW_TILE
         return bm, bk, 16 // element_size, warps
-    bm = col_block if row else max(_COL_ROWS, col_block)
-    vec = max(1, min(16 // element_size, _TILE_ELEMENTS_PER_THREAD // bm))
+    bm = col_block if row else 2 * col_block
+    vec = 2 if not row or two_sr else max(1, min(16 // element_size, _TILE_ELEMENTS_PER_THREAD // bm))
     warps = 4
     while warps > 1 and vec * 32 * warps > k:
         warps //= 2
@@ -446,7 +446,8 @@ def quantize_fp4_pair(
         rc, rs = torch.empty(m, k // 2, dtype=u8, device=dev), torch.empty(m // br, k // bc, dtype=u8, device=dev)
     if col_spec is not None:
         cc, cs = torch.empty(k, m // 2, dtype=u8, device=dev), torch.empty(k // br, m // bc, dtype=u8, device=dev)
-    bm, bk, vec, warps = tile or _tile(k, x.element_size(), row_spec is not None, col_spec and col_spec.block_shape[1])
+    two_sr = all(s is not None and s.rounding == "sr" for s in (row_spec, col_spec))
+    bm, bk, vec, warps = tile or _tile(k, x.element_size(), row_spec is not None, col_spec and col_spec.block_shape[1], two_sr)
     if bm % br or (col_spec is not None and bm % col_spec.block_shape[1]) or bk % 32 or bk % (d or 1):
         raise ValueError(f"tile {(bm, bk)} must hold whole blocks ({first.block_shape}) and Hadamard groups ({d})")
     grid = (triton.cdiv(m, bm) * triton.cdiv(k, bk),)
