@@ -154,6 +154,10 @@ def fp4_supported(a: QuantizedTensor, b: QuantizedTensor) -> bool:
     return ok and a.padded[1] == b.padded[1] and a.padded[1] % 32 == 0
 
 
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -184,8 +188,9 @@ def fp4_matmul(
     exact); then either cuBLAS multiplies into an FP32 output (``torch.mm(..., out_dtype=float32)``:
     exact products, FP32 accumulation, no intermediate rounding) and the tensor scales are applied
     after, or ``_gemm_kernel`` (Triton) does it with the scales in its epilogue. ``cublas=None``
-    picks cuBLAS on a GPU when there are no tensor scales (MXFP4), Triton otherwise (NVFP4) and
-    under ``TRITON_INTERPRET``. ``fused=True`` dequantizes per tile inside the Triton GEMM (no bf16
+    picks cuBLAS on a GPU when there are no tensor scales (MXFP4) or when the output has fewer
+    Triton tiles than the GPU has SMs (cuBLAS splits K), Triton otherwise (NVFP4) and under
+    ``TRITON_INTERPRET``. ``fused=True`` dequantizes per tile inside the Triton GEMM (no bf16
     copies, each tile decoded N/BN times)."""
     if not fp4_supported(a, b):
         raise ValueError(
@@ -197,8 +202,12 @@ def fp4_matmul(
     bm, bn, bk, group_m, warps, stages = config or (FUSED_CONFIG if fused else DEFAULT_CONFIG)
     a_in, b_in = (a.data, b.data) if fused else (dequantize_fp4(a), dequantize_fp4(b))
     m, n = a.shape[:-1].numel(), b.shape[:-1].numel()
-    if cublas is None:  # measured (NOTES.md): cuBLAS wins without an epilogue, Triton's fused one with
-        cublas = a.data.is_cuda and not _interpreting() and a.tensor_scale is None and b.tensor_scale is None
+    if cublas is None:  # measured (NOTES.md): cuBLAS wins without an epilogue, Triton's fused one with,
+        # unless the output has too few tiles to fill the GPU (Wgrad: small M×N, long K), where
+        # cuBLAS splits K and the Triton kernel leaves most SMs idle
+        few_tiles = a.data.is_cuda and triton.cdiv(mp, bm) * triton.cdiv(np_, bn) < _sm_count(a.data.device)
+        no_scales = a.tensor_scale is None and b.tensor_scale is None
+        cublas = a.data.is_cuda and not _interpreting() and (no_scales or few_tiles)
     if cublas and not fused:
         c = torch.mm(a_in, b_in.T, out_dtype=torch.float32)
         for t in (a.tensor_scale, b.tensor_scale):  # in the reference's order: (C·t_a)·t_b
