@@ -256,14 +256,17 @@ def copy_bandwidth() -> float:
     return 2 * x.numel() * 4 / ms(lambda: y.copy_(x)) / 1e6  # GB/s (1e9 B/s): read + write
 
 
+def useful_bytes(row: QuantSpec | None, col: QuantSpec | None) -> int:
+    """One read of the bf16 (M, K) input plus the codes and block scales of each orientation."""
+    return M * K * 2 + sum(M * K // 2 + M * K // s.block_shape[1] for s in (row, col) if s is not None)
+
+
 def time_quantizers(copy_gbs: float) -> list[dict]:
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
     rows = []
     for name, (row, col) in QUANT_VARIANTS.items():
         spec = row or col
-        bc = spec.block_shape[1]
-        written = sum(M * K // 2 + M * K // bc for s in (row, col) if s is not None)
-        useful = M * K * 2 + written
+        useful = useful_bytes(row, col)
         t = gpu_ms(lambda: quantize_fp4_pair(x, row, col))
         entry = {"variant": name, "gpu_ms": t, "eager_ms": ms(lambda: quantize_fp4_pair(x, row, col)),
                  "frac_copy_bw": useful / t / 1e6 / copy_gbs}
@@ -303,11 +306,9 @@ def time_tiles(copy_gbs: float) -> list[dict]:
     rows = []
     for name, tiles in TILE_SWEEP.items():
         row, col = QUANT_VARIANTS[name]
-        spec = row or col
-        written = sum(M * K // 2 + M * K // spec.block_shape[1] for s in (row, col) if s is not None)
         for tile in tiles:
             t = gpu_ms(lambda: quantize_fp4_pair(x, row, col, amax=amax, tile=tile))
-            rows.append({"variant": name, "tile": list(tile), "gpu_ms": t, "frac_copy_bw": (M * K * 2 + written) / t / 1e6 / copy_gbs})
+            rows.append({"variant": name, "tile": list(tile), "gpu_ms": t, "frac_copy_bw": useful_bytes(row, col) / t / 1e6 / copy_gbs})
             log(f"tile {name} {tile}: {t * 1e3:.1f} us")
     return rows
 

@@ -375,11 +375,11 @@ def _tile(k: int, element_size: int, row: bool, col_block: int | None, two_sr: b
         bm, bk, warps = _ROW_TILE
         return bm, bk, 16 // element_size, warps
     bm = col_block if row else 2 * col_block
-    vec = 2 if not row or two_sr else max(1, min(16 // element_size, _TILE_ELEMENTS_PER_THREAD // bm))
+    vec = 2 if not row or two_sr else min(16 // element_size, _TILE_ELEMENTS_PER_THREAD // bm)
     warps = 4
     while warps > 1 and vec * 32 * warps > k:
         warps //= 2
-    return bm, max(vec * 32 * warps, 32), vec, warps
+    return bm, vec * 32 * warps, vec, warps
 
 
 def _check(x: torch.Tensor, spec: QuantSpec, colwise: bool, rand: torch.Tensor | None, shape: tuple[int, int]) -> None:
@@ -426,7 +426,7 @@ def quantize_fp4_pair(
             f"row and column specs must share fmt, block and scale_rule, and use the same RHT (size and seed) "
             f"or one of them none: {row_spec} vs {col_spec}"
         )
-    rhts = {s.rht and (s.rht, s.seed) for s in specs} - {None}
+    rht_spec = next((s for s in specs if s.rht), None)  # pairable: at most one distinct RHT
     xm = x.reshape(-1, x.shape[-1])
     if xm.stride(-1) != 1:
         xm = xm.contiguous()
@@ -436,7 +436,7 @@ def quantize_fp4_pair(
     if col_spec is not None:
         _check(x, col_spec, True, col_rand, (k, m))
     dev = x.device
-    d, rseed = next(iter(rhts)) if rhts else (0, 0)
+    d, rseed = (rht_spec.rht, rht_spec.seed) if rht_spec else (0, 0)
     h = _rht_on(d, rseed, dev) if d else _placeholder(dev, torch.float32)
     br, bc = first.block_shape
     mx = first.format.scale == "e8m0"
@@ -447,7 +447,8 @@ def quantize_fp4_pair(
     if col_spec is not None:
         cc, cs = torch.empty(k, m // 2, dtype=u8, device=dev), torch.empty(k // br, m // bc, dtype=u8, device=dev)
     two_sr = all(s is not None and s.rounding == "sr" for s in (row_spec, col_spec))
-    bm, bk, vec, warps = tile or _tile(k, x.element_size(), row_spec is not None, col_spec and col_spec.block_shape[1], two_sr)
+    col_block = None if col_spec is None else col_spec.block_shape[1]
+    bm, bk, vec, warps = tile or _tile(k, x.element_size(), row_spec is not None, col_block, two_sr)
     if bm % br or (col_spec is not None and bm % col_spec.block_shape[1]) or bk % 32 or bk % (d or 1):
         raise ValueError(f"tile {(bm, bk)} must hold whole blocks ({first.block_shape}) and Hadamard groups ({d})")
     grid = (triton.cdiv(m, bm) * triton.cdiv(k, bk),)
