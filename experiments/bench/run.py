@@ -28,6 +28,7 @@ from triton.testing import do_bench, do_bench_cudagraph
 import fp4train.kernels.dispatch as dispatch
 from fp4train.gemm import quantized_matmul
 from fp4train.kernels.gemm import DEFAULT_CONFIG, FUSED_CONFIG, dequantize_fp4, fp4_matmul, fp8_matmul
+from fp4train.kernels.fp8 import quantize_fp8
 from fp4train.kernels.quantize import quantize_fp4_pair
 from fp4train.quant import QuantSpec, quantize
 
@@ -40,6 +41,7 @@ NV_RHT = QuantSpec("nvfp4", rht=16)
 NV_SR_RHT = QuantSpec("nvfp4", rht=16, rounding="sr")
 MX = QuantSpec("mxfp4")
 MX_CEIL_SR = QuantSpec("mxfp4", scale_rule="ceil", rounding="sr")
+E4, E5 = QuantSpec("fp8_e4m3"), QuantSpec("fp8_e5m2")
 QUANT_VARIANTS = {  # name: (row spec, column spec)
     "nvfp4 row rn (x fprop)": (NV, None),
     "nvfp4 row sr (dy dgrad)": (NV_SR, None),
@@ -52,9 +54,19 @@ QUANT_VARIANTS = {  # name: (row spec, column spec)
     "mxfp4 ceil row sr": (MX_CEIL_SR, None),
     "mxfp4 floor col rn": (None, MX),
     "mxfp4 ceil row sr + col sr (TetraJet dy)": (MX_CEIL_SR, MX_CEIL_SR),
+    "fp8_e4m3 row (W fprop)": (E4, None),
+    "fp8_e4m3 row + col (x both)": (E4, E4),
+    "fp8_e5m2 row + col (dy both)": (E5, E5),
 }
 GEMM_CONFIGS = [DEFAULT_CONFIG, (128, 128, 64, 8, 4, 4), (128, 256, 64, 8, 8, 3), (256, 128, 64, 8, 8, 4), (256, 128, 128, 8, 8, 2)]
 COMPILED_REFERENCES = {"nvfp4 row rn (x fprop)": NV}  # mxfp4 compiled: 698 us in run 2 (NOTES.md), 100 s to compile
+
+
+def quantize_variant(x: torch.Tensor, row: QuantSpec | None, col: QuantSpec | None, **kw):
+    """The fused quantizer of a variant: ``quantize_fp8`` (per-tensor FP8) or ``quantize_fp4_pair``."""
+    if (row or col).fmt in ("fp8_e4m3", "fp8_e5m2"):
+        return quantize_fp8(x, row, col, **kw)
+    return quantize_fp4_pair(x, row, col, **kw)
 
 
 def log(msg: str) -> None:
@@ -139,14 +151,14 @@ def _warm(job: tuple[str, str]) -> str:
     if kind == "quant":
         row, col = QUANT_VARIANTS[name]
         x = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16)
-        quantize_fp4_pair(x, row, col)
+        quantize_variant(x, row, col)
         if row is not None and row.rounding == "sr" or col is not None and col.rounding == "sr":
             quantize_fp4_pair(
                 x, row, col,
                 row_rand=torch.zeros(256, 512, dtype=torch.int32, device="cuda") if row is not None and row.rounding == "sr" else None,
                 col_rand=torch.zeros(512, 256, dtype=torch.int32, device="cuda") if col is not None and col.rounding == "sr" else None,
             )
-        quantize_fp4_pair(x.float(), row, col)
+        quantize_variant(x.float(), row, col)
     elif kind == "gemm":
         cfg = GEMM_CONFIGS[int(name)]
         for sa, sb in ((NV, NV_2D), (MX, MX)):
@@ -181,9 +193,15 @@ def warm_caches(workers: int) -> None:
 
 
 def same(k, r) -> bool:
-    ts = (k.tensor_scale is None and r.tensor_scale is None) or (
-        torch.equal(k.tensor_scale.cpu(), r.tensor_scale) or bool(k.tensor_scale.isnan() and r.tensor_scale.isnan())
-    )
+    """Equal codes and scales; NaN scales match NaN scales, and per-tensor FP8 compares the codes
+    of finite values only (a NaN's code may carry either sign)."""
+    def equal_or_nan(a, b):
+        return torch.equal(a, b) or bool(a.isnan().all() and b.isnan().all())
+
+    ts = (k.tensor_scale is None and r.tensor_scale is None) or equal_or_nan(k.tensor_scale.cpu(), r.tensor_scale)
+    if r.spec.fmt in ("fp8_e4m3", "fp8_e5m2"):
+        finite = r.element_values().isfinite()
+        return torch.equal(k.data.cpu()[finite], r.data[finite]) and equal_or_nan(k.scales.cpu(), r.scales)
     return torch.equal(k.data.cpu(), r.data) and torch.equal(k.scales.cpu(), r.scales) and ts
 
 
@@ -197,10 +215,9 @@ def check_quantizers() -> dict:
                 g = torch.Generator().manual_seed(2)
                 rb = torch.randint(0, 2**16, (512, 1024), generator=g, dtype=torch.int32) if row and row.rounding == "sr" else None
                 cb = torch.randint(0, 2**16, (1024, 512), generator=g, dtype=torch.int32) if col and col.rounding == "sr" else None
-                kr, kc = quantize_fp4_pair(
-                    x.cuda(), row, col,
-                    row_rand=rb.cuda() if rb is not None else None, col_rand=cb.cuda() if cb is not None else None,
-                )
+                rand = {"row_rand": rb.cuda(), "col_rand": cb.cuda() if cb is not None else None} if rb is not None else (
+                    {"col_rand": cb.cuda()} if cb is not None else {})
+                kr, kc = quantize_variant(x.cuda(), row, col, **rand)
                 ok = True
                 if row is not None:
                     ok &= same(kr, quantize(x, row, rand_bits=rb))
@@ -216,6 +233,7 @@ def check_quantizers() -> dict:
     x = heavy_tailed(256, 512, seed=4)
     results["quantize() dispatch, contiguous"] = same(quantize(x.cuda(), NV), quantize(x, NV))
     results["quantize() dispatch, transposed view"] = same(quantize(x.cuda().T, MX), quantize(x.T.contiguous(), MX))
+    results["quantize() dispatch, fp8 transposed view"] = same(quantize(x.cuda().T, E4), quantize(x.T.contiguous(), E4))
     return results
 
 
@@ -257,8 +275,11 @@ def copy_bandwidth() -> float:
 
 
 def useful_bytes(row: QuantSpec | None, col: QuantSpec | None) -> int:
-    """One read of the bf16 (M, K) input plus the codes and block scales of each orientation."""
-    return M * K * 2 + sum(M * K // 2 + M * K // s.block_shape[1] for s in (row, col) if s is not None)
+    """One read of the bf16 (M, K) input plus the codes (FP4: 1/2 byte, FP8: 1 byte per element)
+    and block scales of each orientation."""
+    def written(s: QuantSpec) -> int:
+        return (M * K // 2 if s.format.is_fp4 else M * K) + (M * K // s.block_shape[1] if s.block_shape else 4)
+    return M * K * 2 + sum(written(s) for s in (row, col) if s is not None)
 
 
 def time_quantizers(copy_gbs: float) -> list[dict]:
@@ -267,11 +288,12 @@ def time_quantizers(copy_gbs: float) -> list[dict]:
     for name, (row, col) in QUANT_VARIANTS.items():
         spec = row or col
         useful = useful_bytes(row, col)
-        t = gpu_ms(lambda: quantize_fp4_pair(x, row, col))
-        entry = {"variant": name, "gpu_ms": t, "eager_ms": ms(lambda: quantize_fp4_pair(x, row, col)),
+        t = gpu_ms(lambda: quantize_variant(x, row, col))
+        entry = {"variant": name, "gpu_ms": t, "eager_ms": ms(lambda: quantize_variant(x, row, col)),
                  "frac_copy_bw": useful / t / 1e6 / copy_gbs}
-        if spec.fmt == "nvfp4":  # two passes: the tensor amax reads x once more
+        if spec.fmt != "mxfp4":  # two passes: the tensor amax reads x once more
             entry["frac_copy_bw_actual_bytes"] = (useful + M * K * 2) / t / 1e6 / copy_gbs
+        if spec.fmt == "nvfp4":
             amax = torch.full((2,), 4.0, device="cuda")
             t1 = gpu_ms(lambda: quantize_fp4_pair(x, row, col, amax=amax))
             entry.update({"gpu_ms_amax_given": t1, "frac_copy_bw_amax_given": useful / t1 / 1e6 / copy_gbs})
@@ -296,18 +318,21 @@ TILE_SWEEP = {  # variant: (BM, BK, VEC, num_warps) tiles to time; the first is 
     "nvfp4 16x16 row + col (W both)": [(16, 512, 4, 4), (16, 256, 2, 4), (32, 256, 2, 4)],
     "mxfp4 floor col rn": [(64, 256, 2, 4), (32, 256, 2, 4), (64, 128, 2, 2)],
     "mxfp4 ceil row sr + col sr (TetraJet dy)": [(32, 256, 2, 4), (32, 128, 1, 4)],
+    "fp8_e4m3 row + col (x both)": [(64, 128, 2, 4), (32, 256, 8, 4), (64, 64, 2, 2), (128, 64, 2, 4), (32, 128, 4, 4)],
 }
 
 
 def time_tiles(copy_gbs: float) -> list[dict]:
-    """The quantize pass alone (NVFP4 amax given) per tile shape, for choosing ``_tile``'s defaults."""
+    """The quantize pass alone (NVFP4 amax given; FP8 with its amax pass) per tile shape, for
+    choosing ``_tile``'s and ``fp8._TILE``'s defaults."""
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
     amax = torch.full((2,), 4.0, device="cuda")
     rows = []
     for name, tiles in TILE_SWEEP.items():
         row, col = QUANT_VARIANTS[name]
         for tile in tiles:
-            t = gpu_ms(lambda: quantize_fp4_pair(x, row, col, amax=amax, tile=tile))
+            kw = {"amax": amax} if (row or col).fmt == "nvfp4" else {}
+            t = gpu_ms(lambda: quantize_variant(x, row, col, tile=tile, **kw))
             rows.append({"variant": name, "tile": list(tile), "gpu_ms": t, "frac_copy_bw": useful_bytes(row, col) / t / 1e6 / copy_gbs})
             log(f"tile {name} {tile}: {t * 1e3:.1f} us")
     return rows
@@ -364,11 +389,11 @@ def time_linears() -> list[dict]:
                 step()
             rows.append({"linear": f"{name} {M}×{k}→{n} fwd+bwd", "eager_ms": ms(step), "gpu_ms": _step_gpu_ms(step)})
             log(f"linear {rows[-1]}")
-            if name == "QuantLinear nvfp4" and k == n:
+            if name in ("QuantLinear nvfp4", "QuantLinear fp8") and k == n:
                 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                     step()
                     torch.cuda.synchronize()
-                log("kernels of one nvfp4 step:\n" + prof.key_averages().table(sort_by="self_device_time_total", row_limit=14))
+                log(f"kernels of one {name} step:\n" + prof.key_averages().table(sort_by="self_device_time_total", row_limit=14))
         for r in rows[first:]:
             r["vs_bf16_eager"] = rows[first]["eager_ms"] / r["eager_ms"]
             r["vs_bf16_gpu"] = rows[first]["gpu_ms"] / r["gpu_ms"]

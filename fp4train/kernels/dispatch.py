@@ -11,7 +11,7 @@ import torch
 from fp4train.quant.api import QuantizedTensor
 from fp4train.quant.spec import QuantSpec
 
-from .fp8 import fp8_cast_supported, quantize_fp8_per_tensor
+from .fp8 import fp8_quantize_supported, quantize_fp8
 from .gemm import fp4_matmul, fp4_supported, fp8_matmul, fp8_supported
 from .quantize import pairable, quantize_fp4, quantize_fp4_pair, supports
 
@@ -40,12 +40,17 @@ def quantize_on_gpu(
     generator: torch.Generator | None = None,
     rand_bits: torch.Tensor | None = None,
 ) -> QuantizedTensor | None:
-    """``quantize(x, spec, ...)`` by the fused kernel for a CUDA ``x`` and a supported spec: bit
-    for bit the reference with ``rand_bits``; with SR and no bits, in-kernel Philox bits (the
-    same rule and distribution as the reference, another random stream)."""
-    if x.is_cuda and rand_bits is None and fp8_cast_supported(spec):
-        return quantize_fp8_per_tensor(x, spec)
-    if not x.is_cuda or not supports(x, spec):
+    """``quantize(x, spec, ...)`` by the fused kernels for a CUDA ``x`` and a supported spec (FP4
+    blocks: ``quantize_fp4``; per-tensor FP8: ``quantize_fp8``): bit for bit the reference with
+    ``rand_bits``; with SR and no bits, in-kernel Philox bits (the same rule and distribution as
+    the reference, another random stream). A transposed view ``y.T`` of a contiguous ``y`` is
+    quantized as ``y``'s column-wise orientation, without a transposed copy."""
+    if not x.is_cuda:
+        return None
+    transposed = x.dim() == 2 and x.stride(0) == 1 and x.stride(1) != 1  # x = y.T of a contiguous y
+    if rand_bits is None and fp8_quantize_supported(x, spec):  # column-wise of y is row-wise of x
+        return quantize_fp8(x.T, None, spec)[1] if transposed else quantize_fp8(x, spec, None)[0]
+    if not supports(x, spec):
         return None
     if rand_bits is not None:
         m, k = x.shape[:-1].numel(), x.shape[-1]
@@ -53,9 +58,8 @@ def quantize_on_gpu(
             return None  # the reference raises the error that names the expected shape
         rand_bits = rand_bits.to(device=x.device, dtype=torch.int32)
     seed = philox_seed(spec, generator) if spec.rounding == "sr" and rand_bits is None else None
-    if x.dim() == 2 and x.stride(0) == 1 and x.stride(1) != 1:  # x = y.T of a contiguous y
-        _, qt = quantize_fp4_pair(x.T, None, spec, col_rand=rand_bits, seed=seed)
-        return qt  # column-wise of y is row-wise of x: no transposed copy
+    if transposed:
+        return quantize_fp4_pair(x.T, None, spec, col_rand=rand_bits, seed=seed)[1]
     return quantize_fp4(x, spec, rand_bits=rand_bits, seed=seed)
 
 
@@ -68,7 +72,10 @@ def quantize_pair_on_gpu(
 ) -> tuple[QuantizedTensor, QuantizedTensor] | None:
     """``quantize_pair`` by one launch of the fused kernel (one read of ``x``, both orientations),
     when it handles both specs; each SR orientation draws in-kernel Philox bits from its own
-    generator (``philox_seed``). ``None`` otherwise: the caller then quantizes twice."""
+    generator (``philox_seed``); per-tensor FP8 by ``quantize_fp8``. ``None`` otherwise: the
+    caller then quantizes twice."""
+    if x.is_cuda and fp8_quantize_supported(x, row_spec) and fp8_quantize_supported(x, col_spec):
+        return quantize_fp8(x, row_spec, col_spec)
     if not (x.is_cuda and supports(x, row_spec) and supports(x, col_spec, colwise=True) and pairable(row_spec, col_spec)):
         return None
     row_seed = philox_seed(row_spec, row_generator) if row_spec.rounding == "sr" else None

@@ -35,12 +35,12 @@ import triton.language as tl
 
 from fp4train.quant.api import QuantizedTensor
 
+from .fp8 import FP8_DTYPES
 from .quantize import _placeholder
 
 __all__ = ["fp4_supported", "fp4_matmul", "dequantize_fp4", "fp8_supported", "fp8_matmul"]
 
 _FP4_FORMATS = ("nvfp4", "mxfp4")
-_FP8_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 # (BM, BN, BK, GROUP_M, num_warps, num_stages); BK a multiple of every block width (16, 32)
 DEFAULT_CONFIG = (256, 128, 64, 8, 8, 3)  # bf16 operands (dequantized first): best of four on H100
 FUSED_CONFIG = (128, 128, 64, 8, 4, 4)  # fused dequantization: best of four on H100 (NOTES.md v1)
@@ -233,7 +233,7 @@ def fp4_matmul(
 
 def fp8_supported(a: QuantizedTensor, b: QuantizedTensor) -> bool:
     """Per-tensor FP8 operands that cuBLASLt multiplies: not both E5M2, dims multiples of 16."""
-    if a.spec.fmt not in _FP8_DTYPES or b.spec.fmt not in _FP8_DTYPES:
+    if a.spec.fmt not in FP8_DTYPES or b.spec.fmt not in FP8_DTYPES:
         return False
     if a.spec.fmt == b.spec.fmt == "fp8_e5m2":
         return False
@@ -250,8 +250,8 @@ def fp8_matmul(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype = 
             f"got {a.spec.fmt} {a.padded} and {b.spec.fmt} {b.padded}"
         )
     # cuBLASLt takes A row-major and B column-major only: codes of a transposed view may be neither
-    qa = a.data.contiguous().view(_FP8_DTYPES[a.spec.fmt])
-    qb = b.data.contiguous().view(_FP8_DTYPES[b.spec.fmt])
+    qa = a.data.contiguous().view(FP8_DTYPES[a.spec.fmt])
+    qb = b.data.contiguous().view(FP8_DTYPES[b.spec.fmt])
     out = torch._scaled_mm(
         qa, qb.t(), scale_a=a.scales.reshape(()).float(), scale_b=b.scales.reshape(()).float(), out_dtype=torch.float32
     )

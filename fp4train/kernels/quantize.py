@@ -89,25 +89,35 @@ def _e2m1_codes(s, rbits, SR_BITS: tl.constexpr):
 
 
 @triton.jit
-def _e4m3_rn(a):
-    """``(code, value)`` of ``round_to_grid(min(a, 448), E4M3, "rn")`` for float32 ``a >= 0``
-    (not NaN): RN-even on the 3-bit mantissa, subnormal step 2^-9 below 2^-6."""
-    a = tl.minimum(a, 448.0)
+def _fp8_rn(a, MAN: tl.constexpr, BIAS: tl.constexpr):
+    """``(code, value)`` of ``round_to_grid(a, fmt, "rn")`` for float32 ``0 <= a <= fmt.max`` (not
+    NaN) in the FP8 format with ``MAN`` mantissa bits and exponent bias ``BIAS`` (E4M3: 3, 7;
+    E5M2: 2, 15): RN-even on the mantissa by an integer add on the float32 bits, and below the
+    smallest normal ``2^(1-BIAS)`` RN-even on the subnormal step ``2^(1-BIAS-MAN)``."""
+    SHIFT: tl.constexpr = 23 - MAN
     bits = a.to(tl.int32, bitcast=True)
-    rounded = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576  # clear the low 20 bits
-    lo, up = _round_up(a * 512.0, 0, 0)
+    rounded = (bits + ((1 << (SHIFT - 1)) - 1) + ((bits >> SHIFT) & 1)) & -(1 << SHIFT)  # clear the low bits
+    lo, up = _round_up(a * 2.0 ** (BIAS + MAN - 1), 0, 0)
     sub_code = lo + up
-    normal = a >= 0.015625
-    code = tl.where(normal, (rounded >> 20) - (120 << 3), sub_code)
-    value = tl.where(normal, rounded.to(tl.float32, bitcast=True), sub_code.to(tl.float32) * 0.001953125)
+    normal = a >= 2.0 ** (1 - BIAS)
+    code = tl.where(normal, (rounded >> SHIFT) - ((127 - BIAS) << MAN), sub_code)
+    value = tl.where(normal, rounded.to(tl.float32, bitcast=True), sub_code.to(tl.float32) * 2.0 ** (1 - BIAS - MAN))
     return code, value
 
 
 @triton.jit
-def _nvfp4_tensor_scales(amax_t):
-    """``blocks.nvfp4_tensor_scales``: ``s_enc = min(2688/amax, FLT_MAX)`` (1 if amax = 0, NaN
-    if not finite), ``s_dec = 1/s_enc``, both correctly rounded."""
-    s_enc = tl.minimum(tl.math.div_rn(2688.0, amax_t), 3.4028234663852886e38)
+def _e4m3_rn(a):
+    """``(code, value)`` of ``round_to_grid(min(a, 448), E4M3, "rn")`` for float32 ``a >= 0`` (not NaN)."""
+    return _fp8_rn(tl.minimum(a, 448.0), 3, 7)
+
+
+@triton.jit
+def _tensor_scales(amax_t, NUMERATOR: tl.constexpr):
+    """``(s_enc, s_dec)`` of FP32 current scaling, ``blocks.fp32_scale`` (``NUMERATOR`` = the
+    element format's max) and ``blocks.nvfp4_tensor_scales`` (``NUMERATOR = 6·448 = 2688``):
+    ``s_enc = min(NUMERATOR/amax, FLT_MAX)`` (1 if amax = 0, NaN if not finite — an amax pass
+    stores NaN as inf), ``s_dec = 1/s_enc``, both correctly rounded."""
+    s_enc = tl.minimum(tl.math.div_rn(NUMERATOR, amax_t), 3.4028234663852886e38)
     s_enc = tl.where(amax_t == 0, 1.0, s_enc)
     s_enc = tl.where(amax_t == float("inf"), float("nan"), s_enc)
     return s_enc, tl.math.div_rn(1.0, s_enc)
@@ -200,7 +210,7 @@ def _quantize_tile(
         scale_code = tl.where(bad, 0xFF, k + 127)
         enc = ((127 - k) << 23).to(tl.float32, bitcast=True)  # 2^-k, k <= 126 for finite amax
     else:  # NaN and inf blocks alike: NaN scale, NaN elements (code 0)
-        s_enc, s_dec = _nvfp4_tensor_scales(tl.load(amax_ptr).to(tl.float32, bitcast=True))
+        s_enc, s_dec = _tensor_scales(tl.load(amax_ptr).to(tl.float32, bitcast=True), 2688.0)
         tl.store(ts_ptr, s_dec, mask=(row0 == 0) & (col0 == 0))
         sbf = tl.where(bad, 0.0, amax) * (s_enc * ONE_SIXTH)
         bad = bad | (sbf != sbf)  # NaN s_enc: the tensor is not finite
