@@ -36,10 +36,15 @@ def _match_width(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     return F.pad(a, (0, k - a.shape[1])), F.pad(b, (0, k - b.shape[1]))
 
 
-def quantized_matmul(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def quantized_matmul(
+    a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype = torch.float32, mx_fp8: bool = False
+) -> torch.Tensor:
     """``A Bᵀ`` for ``A`` (M, K) and ``B`` (N, K), cropped to the unpadded (M, N), in ``out_dtype``.
 
     Both operands must carry the same RHT (or none) — the transform cancels only then.
+    ``mx_fp8``: on a GPU, multiply two MXFP4 operands on the FP8 tensor cores where that is exact
+    for the operands (``fp4train.kernels.gemm.mx_fp8_matmul``; FP8 MMA accumulation); no effect
+    on the CPU.
     """
     if (a.spec.rht, a.spec.seed if a.spec.rht else None) != (b.spec.rht, b.spec.seed if b.spec.rht else None):
         raise ValueError(
@@ -52,7 +57,7 @@ def quantized_matmul(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dt
     if a.data.is_cuda:  # --- GPU dispatch (fp4train.kernels): Triton FP4 GEMM / FP8 _scaled_mm ---
         from fp4train.kernels.dispatch import matmul_on_gpu
 
-        out = matmul_on_gpu(a, b, out_dtype)
+        out = matmul_on_gpu(a, b, out_dtype, mx_fp8)
         if out is not None:
             return out  # --- end of GPU dispatch ---
     va, ta = scaled_operand(a)

@@ -51,9 +51,9 @@ class _QuantLinearFunction(torch.autograd.Function):
         w_spec = layer.operand_spec("w_fprop")
         qw = layer.quantize_weight(weight.to(x.dtype) if w_spec.is_identity else weight, w_spec)
         if bias is None:  # the GEMM rounds its FP32 result to the activation dtype once
-            y = quantized_matmul(qx, qw, out_dtype=x.dtype)
+            y = quantized_matmul(qx, qw, out_dtype=x.dtype, mx_fp8=layer.recipe.mx_fp8_gemm)
         else:  # as addmm under autocast: bias in the activation dtype, added in FP32, one rounding
-            y = (quantized_matmul(qx, qw, out_dtype=torch.float32) + bias.to(x.dtype).float()).to(x.dtype)
+            y = (quantized_matmul(qx, qw, out_dtype=torch.float32, mx_fp8=layer.recipe.mx_fp8_gemm) + bias.to(x.dtype).float()).to(x.dtype)
         ctx.layer, ctx.qxt, ctx.has_bias = layer, qxt, bias is not None
         ctx.qw = qw if layer.recipe.double_quant else None
         ctx.x_dtype = x.dtype
@@ -71,8 +71,9 @@ class _QuantLinearFunction(torch.autograd.Function):
             if layer.operand_spec("w_dgrad").is_identity:  # an unquantized GEMM runs in the activation dtype
                 w_src = w_src.to(dy.dtype)
             qdy, qdyt = layer._quantize_pair("dy_dgrad", "dy_wgrad", dy)
-            dx = quantized_matmul(qdy, q("w_dgrad", w_src.T), out_dtype=ctx.x_dtype)
-            dw = quantized_matmul(qdyt, ctx.qxt, out_dtype=weight.dtype)
+            mx_fp8 = layer.recipe.mx_fp8_gemm
+            dx = quantized_matmul(qdy, q("w_dgrad", w_src.T), out_dtype=ctx.x_dtype, mx_fp8=mx_fp8)
+            dw = quantized_matmul(qdyt, ctx.qxt, out_dtype=weight.dtype, mx_fp8=mx_fp8)
             db = dy.sum(0).to(weight.dtype) if ctx.has_bias else None
         ctx.qxt = ctx.qw = None
         return dx, dw, db, None

@@ -75,6 +75,7 @@ class Recipe:
     q_ema_decay: float | None = None
     q_ema_warmup: int = 10
     q_ramping: QRampingConfig | None = None
+    mx_fp8_gemm: bool = False
 
     def spec(self, operand: str) -> QuantSpec:
         return getattr(self, operand)
@@ -101,7 +102,8 @@ class RecipeConfig:
     operands), ``weight_2d`` (square weight tiles, so W and Wᵀ quantize alike),
     ``bf16_first_blocks``/``bf16_last_blocks``, ``scale_rule`` (MX), ``double_quant``,
     ``q_ema_decay``/``q_ema_warmup`` (Q-EMA), ``q_ramping`` and ``ramping_*`` (Q-Ramping),
-    ``seed`` (RHT signs and SR streams).
+    ``seed`` (RHT signs and SR streams), ``mx_fp8_gemm`` (GPU: MXFP4 × MXFP4 GEMMs on the FP8
+    tensor cores where exact, ``fp4train.kernels.gemm.mx_fp8_matmul``).
     """
 
     name: str = "nvfp4"
@@ -118,6 +120,7 @@ class RecipeConfig:
     q_ema_decay: float | None = None
     q_ema_warmup: int | None = None
     q_ramping: bool | None = None
+    mx_fp8_gemm: bool | None = None
     ramping_k1: float | None = None
     ramping_k2: int | None = None
     ramping_n_max: int | None = None
@@ -145,6 +148,7 @@ class _Defaults:
     q_ema_decay: float | None = None
     q_ema_warmup: int = 10
     q_ramping: bool = False
+    mx_fp8_gemm: bool = False
 
 
 RECIPE_DEFAULTS: dict[str, _Defaults] = {
@@ -205,6 +209,8 @@ def build_recipe(cfg: RecipeConfig | str) -> Recipe:
         raise ValueError(f"q_ema_decay must be in [0, 1), got {d.q_ema_decay}")
     if (d.q_ema_decay is not None or d.q_ramping) and d.fwd_fmt not in ("mxfp4", "mxfp8"):
         raise ValueError(f"Q-EMA and Q-Ramping are defined for MX recipes; recipe {cfg.name!r} uses {d.fwd_fmt}")
+    if d.mx_fp8_gemm and "mxfp4" not in (d.fwd_fmt, d.grad_fmt):
+        raise ValueError(f"mx_fp8_gemm runs MXFP4 GEMMs on FP8 tensor cores; recipe {cfg.name!r} uses {d.fwd_fmt}/{d.grad_fmt}")
     rht = d.rht_size if d.rht else None
     sr_operands = SR_SCOPES[d.sr_scope] if d.sr else ()
     common = dict(scale_rule=rule, seed=cfg.seed)
@@ -235,4 +241,5 @@ def build_recipe(cfg: RecipeConfig | str) -> Recipe:
         q_ema_decay=d.q_ema_decay,
         q_ema_warmup=d.q_ema_warmup,
         q_ramping=ramping,
+        mx_fp8_gemm=d.mx_fp8_gemm,
     )

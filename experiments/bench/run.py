@@ -27,10 +27,12 @@ from triton.testing import do_bench, do_bench_cudagraph
 
 import fp4train.kernels.dispatch as dispatch
 from fp4train.gemm import quantized_matmul
-from fp4train.kernels.gemm import DEFAULT_CONFIG, FUSED_CONFIG, dequantize_fp4, fp4_matmul, fp8_matmul
+from fp4train.kernels.gemm import DEFAULT_CONFIG, FUSED_CONFIG, _rowwise_out_dtypes, dequantize_fp4, fp4_matmul, fp8_matmul, mx_fp8_matmul
+from fp4train.kernels.mx_fp8 import mx_to_e4m3, mx_to_e4m3_reference
 from fp4train.kernels.fp8 import quantize_fp8
 from fp4train.kernels.quantize import quantize_fp4_pair
 from fp4train.quant import QuantSpec, quantize
+from fp4train.recipes import RecipeConfig, build_recipe
 
 T0 = time.time()
 M, K, N = 8192, 4096, 4096  # tokens, in features, out features
@@ -237,6 +239,11 @@ def check_quantizers() -> dict:
     return results
 
 
+def _mx_fp8_or_nan(qa, qb) -> torch.Tensor:
+    out = mx_fp8_matmul(qa, qb, torch.bfloat16)
+    return torch.full((qa.padded[0], qb.padded[0]), float("nan"), device="cuda") if out is None else out.float()
+
+
 def check_gemms() -> dict:
     torch.backends.cuda.matmul.allow_tf32 = False
     g = torch.Generator().manual_seed(5)
@@ -250,6 +257,7 @@ def check_gemms() -> dict:
         "nvfp4 rht16 sr x rht16 (Triton)": (NV_SR_RHT, NV_RHT, fp4_matmul),
         "fp8_e4m3 x fp8_e4m3 (_scaled_mm)": (QuantSpec("fp8_e4m3"), QuantSpec("fp8_e4m3"), fp8_matmul),
         "fp8_e5m2 x fp8_e4m3 (_scaled_mm)": (QuantSpec("fp8_e5m2"), QuantSpec("fp8_e4m3"), fp8_matmul),
+        "mxfp4 x mxfp4 (FP8 tensor cores, bf16 out)": (MX, MX, _mx_fp8_or_nan),
     }.items():
         qa, qb = quantize(a, sa), quantize(b, sb)
         ref = quantized_matmul(qa, qb)  # CPU reference
@@ -262,6 +270,20 @@ def check_gemms() -> dict:
         if sa.fmt in ("nvfp4", "mxfp4"):
             exact = torch.equal(dequantize_fp4(qa_gpu).float().cpu(), qa.padded_values(with_tensor_scale=False))
             out[f"dequantize_fp4 exact ({sa.fmt}): 0 = yes"] = float(not exact)
+        if sa.fmt == "mxfp4" and sb.fmt == "mxfp4":  # both MXFP4 paths against float64 products and sums
+            exact64 = (qa.padded_values().double() @ qb.padded_values().double().T)
+            for path, res in (("bf16 tensor cores", fp4_matmul(qa_gpu, qb_gpu)),
+                              ("FP8 tensor cores", mx_fp8_matmul(qa_gpu, qb_gpu, torch.bfloat16)),
+                              ("bf16 tensor cores, bf16 out", fp4_matmul(qa_gpu, qb_gpu, torch.bfloat16))):
+                if res is not None:
+                    err = (res.double().cpu() - exact64).abs()
+                    out[f"mxfp4 x mxfp4 {path} vs float64: max abs err / max |C|"] = (err.max() / exact64.abs().max()).item()
+            ours, ref = mx_to_e4m3(qa_gpu), mx_to_e4m3_reference(qa)
+            out["mx_to_e4m3 GPU == CPU reference: 0 = yes"] = float(not all(torch.equal(o.cpu(), r) for o, r in zip(ours, ref)))
+    wide = quantize(torch.cat([torch.randn(16, 1024), torch.randn(16, 1024) * 2.0**-20], 1), MX)  # spans 20 binades
+    wide = type(wide)(wide.spec, wide.shape, wide.dtype, wide.data.cuda(), wide.scales.cuda(), None, wide.padded)
+    out["mx_fp8_matmul falls back on a 20-binade row: 1 = yes"] = float(mx_fp8_matmul(wide, wide, torch.bfloat16) is None)
+    out["row-wise _scaled_mm writes float32: 1 = yes"] = float(torch.float32 in _rowwise_out_dtypes(torch.device("cuda")))
     return out
 
 
@@ -354,6 +376,11 @@ def time_gemms() -> list[dict]:
         rows.append({"gemm": f"{name} fused Triton GEMM {FUSED_CONFIG}", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
         t = gpu_ms(lambda: (dequantize_fp4(qa), dequantize_fp4(qb)))
         rows.append({"gemm": f"{name}: the two dequantize_fp4 alone", "ms": t, "TFLOP/s": 0.0, "vs_bf16": t_bf16 / t})
+    qa, qb = quantize(x, MX), quantize(w, MX)
+    t = gpu_ms(lambda: mx_fp8_matmul(qa, qb, torch.bfloat16))
+    rows.append({"gemm": "mxfp4 x mxfp4 on FP8 tensor cores (mx_to_e4m3 + row-wise _scaled_mm, 1 sync)", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
+    t = gpu_ms(lambda: (mx_to_e4m3(qa), mx_to_e4m3(qb)))
+    rows.append({"gemm": "mxfp4 x mxfp4: the two mx_to_e4m3 alone", "ms": t, "TFLOP/s": 0.0, "vs_bf16": t_bf16 / t})
     qa, qb = quantize(x, QuantSpec("fp8_e4m3")), quantize(w, QuantSpec("fp8_e4m3"))
     t = gpu_ms(lambda: fp8_matmul(qa, qb, torch.bfloat16))
     rows.append({"gemm": "fp8_e4m3 _scaled_mm", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
@@ -381,6 +408,8 @@ def time_linears() -> list[dict]:
         layers = {"bf16 nn.Linear": torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)}
         for recipe in ("nvfp4", "mxfp4", "fp8"):
             layers[f"QuantLinear {recipe}"] = QuantLinear(k, n, bias=False, recipe=recipe, device="cuda")
+        mx_fp8 = build_recipe(RecipeConfig(name="mxfp4", mx_fp8_gemm=True))
+        layers["QuantLinear mxfp4 mx_fp8_gemm"] = QuantLinear(k, n, bias=False, recipe=mx_fp8, device="cuda")
         first = len(rows)
         for name, layer in layers.items():
             def step():
@@ -389,7 +418,7 @@ def time_linears() -> list[dict]:
                 step()
             rows.append({"linear": f"{name} {M}×{k}→{n} fwd+bwd", "eager_ms": ms(step), "gpu_ms": _step_gpu_ms(step)})
             log(f"linear {rows[-1]}")
-            if name in ("QuantLinear nvfp4", "QuantLinear fp8") and k == n:
+            if name in ("QuantLinear nvfp4", "QuantLinear fp8", "QuantLinear mxfp4 mx_fp8_gemm") and k == n:
                 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                     step()
                     torch.cuda.synchronize()

@@ -24,7 +24,10 @@ from fp4train.convert import convert
 from fp4train.models import build_model
 from fp4train.recipes import RecipeConfig
 
-RECIPES = ["bf16", "fp8", "mxfp4", "nvfp4"]
+RECIPES = {  # label: RecipeConfig switches
+    "bf16": {"name": "bf16"}, "fp8": {"name": "fp8"}, "mxfp4": {"name": "mxfp4"}, "nvfp4": {"name": "nvfp4"},
+    "mxfp4 mx_fp8_gemm": {"name": "mxfp4", "mx_fp8_gemm": True},
+}
 MODELS = {  # name: (size, overrides, batch maker, items per batch, item name)
     "hybrid_lm": ("small", {}, lambda: torch.randint(0, 256, (8, 1025), device="cuda"), 8 * 1024, "tokens"),
     "vit": ("small", {"num_classes": 100}, lambda: torch.randn(256, 3, 32, 32, device="cuda"), 256, "images"),
@@ -52,7 +55,7 @@ def bench(name: str, recipe: str, steps: int, profile: bool = False) -> dict:
     size, overrides, make_batch, items, item_name = MODELS[name]
     torch.manual_seed(0)
     model = build_model(name, size, **overrides).cuda()
-    report = convert(model, RecipeConfig(name=recipe, bf16_first_blocks=0, bf16_last_blocks=0))
+    report = convert(model, RecipeConfig(**RECIPES[recipe], bf16_first_blocks=0, bf16_last_blocks=0))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     batch = make_batch()
     times = []

@@ -12,7 +12,7 @@ from fp4train.quant.api import QuantizedTensor
 from fp4train.quant.spec import QuantSpec
 
 from .fp8 import fp8_quantize_supported, quantize_fp8
-from .gemm import fp4_matmul, fp4_supported, fp8_matmul, fp8_supported
+from .gemm import fp4_matmul, fp4_supported, fp8_matmul, fp8_supported, mx_fp8_matmul, mx_fp8_supported
 from .quantize import pairable, quantize_fp4, quantize_fp4_pair, supports
 
 __all__ = ["quantize_on_gpu", "quantize_pair_on_gpu", "matmul_on_gpu", "philox_seed"]
@@ -83,11 +83,18 @@ def quantize_pair_on_gpu(
     return quantize_fp4_pair(x, row_spec, col_spec, seed=row_seed, col_seed=col_seed)
 
 
-def matmul_on_gpu(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype) -> torch.Tensor | None:
+def matmul_on_gpu(
+    a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype, mx_fp8: bool = False
+) -> torch.Tensor | None:
     """``quantized_matmul(a, b, out_dtype)`` on CUDA operands: FP4 × FP4 by the emulated Triton
-    GEMM, per-tensor FP8 by ``torch._scaled_mm``; ``None`` for anything else."""
+    GEMM (MXFP4 × MXFP4 on the FP8 tensor cores first when ``mx_fp8`` and exact there), per-tensor
+    FP8 by ``torch._scaled_mm``; ``None`` for anything else."""
     if not (a.data.is_cuda and b.data.is_cuda):
         return None
+    if mx_fp8 and mx_fp8_supported(a, b):
+        out = mx_fp8_matmul(a, b, out_dtype)
+        if out is not None:
+            return out
     if fp4_supported(a, b):
         return fp4_matmul(a, b, out_dtype)
     if fp8_supported(a, b):

@@ -21,13 +21,18 @@ Under ``TRITON_INTERPRET=1`` (the CPU tests) the operands go to the dot as float
 exact values — because the interpreter of Triton 3.9 computes bf16 dots wrongly (NumPy has no
 bf16).
 
+``mx_fp8_matmul(a, b)`` runs two MXFP4 operands on the FP8 tensor cores (opt-in: the recipe
+switch ``mx_fp8_gemm``): each operand becomes E4M3 codes with a power-of-two scale per row,
+exactly (``mx_fp8.mx_to_e4m3``), and ``_scaled_mm`` multiplies them with row-wise scales. The
+products are exact, but Hopper's FP8 MMA adds them with fewer bits than FP32 before cuBLAS
+promotes the partial sums to FP32 (DeepSeek-V3 §3.3.2 measured ~14), so the result is not the
+FP32-accumulated reference to rounding order: the benchmark measures the difference.
+
 ``fp8_matmul(a, b)`` runs per-tensor FP8 operands (``fp8_e4m3`` / ``fp8_e5m2``, not both E5M2)
 on Hopper's FP8 tensor cores: ``_scaled_mm(codes_a, codes_bᵀ, s_a, s_b)`` with FP32 output.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -36,9 +41,10 @@ import triton.language as tl
 from fp4train.quant.api import QuantizedTensor
 
 from .fp8 import FP8_DTYPES
-from .quantize import _placeholder
+from .mx_fp8 import mx_to_e4m3
+from .quantize import _interpreting, _placeholder
 
-__all__ = ["fp4_supported", "fp4_matmul", "dequantize_fp4", "fp8_supported", "fp8_matmul"]
+__all__ = ["fp4_supported", "fp4_matmul", "dequantize_fp4", "fp8_supported", "fp8_matmul", "mx_fp8_supported", "mx_fp8_matmul"]
 
 _FP4_FORMATS = ("nvfp4", "mxfp4")
 # (BM, BN, BK, GROUP_M, num_warps, num_stages); BK a multiple of every block width (16, 32)
@@ -158,10 +164,6 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def dequantize_fp4(qt: QuantizedTensor) -> torch.Tensor:
     """``qt.padded_values(with_tensor_scale=False)`` as bf16 (exact) for an FP4 operand, by
     ``_dequant_kernel``: the padded (M, K) matrix ``element · block_scale`` (RHT domain kept)."""
@@ -257,3 +259,50 @@ def fp8_matmul(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype = 
     )
     m, n = a.shape[:-1].numel(), b.shape[:-1].numel()
     return out[:m, :n].to(out_dtype)
+
+
+def mx_fp8_supported(a: QuantizedTensor, b: QuantizedTensor) -> bool:
+    """Two MXFP4 operands with 1×32 blocks, equal padded K, and M, N multiples of 16 (cuBLASLt)."""
+    ok = all(q.spec.fmt == "mxfp4" and q.spec.block_shape == (1, 32) for q in (a, b))
+    return ok and a.padded[1] == b.padded[1] and a.padded[0] % 16 == 0 and b.padded[0] % 16 == 0
+
+
+_ROWWISE_OUT_DTYPES: dict[torch.device, tuple[torch.dtype, ...]] = {}
+
+
+def _rowwise_out_dtypes(device: torch.device) -> tuple[torch.dtype, ...]:
+    """Output dtypes that this PyTorch build's row-wise scaled ``_scaled_mm`` accepts on
+    ``device`` (bf16 always; float32 in some builds), found once by a 16×32×16 probe."""
+    if device not in _ROWWISE_OUT_DTYPES:
+        a = torch.zeros(16, 32, dtype=torch.float8_e4m3fn, device=device)
+        s = torch.ones(16, 1, dtype=torch.float32, device=device)
+        try:
+            torch._scaled_mm(a, a.t(), scale_a=s, scale_b=s.t(), out_dtype=torch.float32)
+            _ROWWISE_OUT_DTYPES[device] = (torch.bfloat16, torch.float32)
+        except RuntimeError:  # "Only bf16 high precision output types are supported for row-wise scaling"
+            _ROWWISE_OUT_DTYPES[device] = (torch.bfloat16,)
+    return _ROWWISE_OUT_DTYPES[device]
+
+
+def mx_fp8_matmul(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor | None:
+    """``A Bᵀ`` of two MXFP4 operands on FP8 tensor cores: ``(Y_a Y_bᵀ) · 2^(r_a-6) · 2^(r_b-6)``
+    with ``Y`` the exact E4M3 rewrite of each operand (``mx_to_e4m3``), cropped to (M, N).
+    ``None`` — the caller then runs the exact bf16 path — when ``out_dtype`` is one the row-wise
+    ``_scaled_mm`` cannot write, or when a row's nonzero blocks span more than the 15 binades
+    that E4M3 holds (or its exponent passes ±56): that check reads one flag from the device,
+    the only synchronisation, after the GEMM is queued."""
+    if not mx_fp8_supported(a, b):
+        raise ValueError(
+            f"mx_fp8_matmul needs two MXFP4 operands with 1x32 blocks, equal padded K and row counts "
+            f"that are multiples of 16; got {a.spec.fmt} {a.padded} block {a.spec.block_shape} and "
+            f"{b.spec.fmt} {b.padded} block {b.spec.block_shape}"
+        )
+    if out_dtype not in _rowwise_out_dtypes(a.data.device):
+        return None
+    ya, sa, exact_a = mx_to_e4m3(a)
+    yb, sb, exact_b = mx_to_e4m3(b)
+    e4m3 = torch.float8_e4m3fn
+    out = torch._scaled_mm(ya.view(e4m3), yb.view(e4m3).t(), scale_a=sa, scale_b=sb.t(), out_dtype=out_dtype)
+    if not bool(exact_a & exact_b):
+        return None
+    return out[: a.shape[:-1].numel(), : b.shape[:-1].numel()]

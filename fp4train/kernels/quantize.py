@@ -21,6 +21,8 @@ float32 and may differ by one ulp of the transformed value otherwise.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -347,6 +349,11 @@ def supports(x: torch.Tensor, spec: QuantSpec, colwise: bool = False) -> bool:
 _RHT_CACHE: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 _PLACEHOLDERS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 _SEED_MOD = 2**31 - 1  # Philox seeds stay int32, so the kernel's argument type never changes
+
+
+def _interpreting() -> bool:
+    """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1``, the CPU tests)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _placeholder(device: torch.device, dtype: torch.dtype) -> torch.Tensor:

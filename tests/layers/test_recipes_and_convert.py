@@ -51,6 +51,27 @@ def test_scale_rule_switch_for_mx_and_refused_elsewhere():
         build_recipe(RecipeConfig(name="nvfp4", scale_rule="ceil"))
 
 
+def test_mx_fp8_gemm_switch_for_mxfp4_recipes_and_refused_elsewhere():
+    assert build_recipe(RecipeConfig(name="tetrajet", mx_fp8_gemm=True)).mx_fp8_gemm
+    assert not build_recipe("mxfp4").mx_fp8_gemm
+    with pytest.raises(ValueError, match="mx_fp8_gemm.*'nvfp4'"):
+        build_recipe(RecipeConfig(name="nvfp4", mx_fp8_gemm=True))
+
+
+def test_mx_fp8_gemm_leaves_the_cpu_reference_unchanged():
+    """The switch picks a GPU backend; on the CPU both layers run the exact reference, bit for bit."""
+    torch.manual_seed(0)
+    plain = QuantLinear(64, 32, recipe="mxfp4")
+    switched = QuantLinear(64, 32, recipe=build_recipe(RecipeConfig(name="mxfp4", mx_fp8_gemm=True)))
+    switched.load_state_dict(plain.state_dict())
+    x = torch.randn(48, 64, requires_grad=True)
+    y1, y2 = plain(x), switched(x)
+    dy = torch.randn_like(y1)
+    g1 = torch.autograd.grad(y1, (x, plain.weight), dy)
+    g2 = torch.autograd.grad(y2, (x, switched.weight), dy)
+    assert torch.equal(y1, y2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
 def test_unknown_recipe_lists_valid_names():
     with pytest.raises(ValueError, match=r"unknown recipe 'fp3'; valid: \['bf16'"):
         build_recipe("fp3")
