@@ -23,8 +23,9 @@ bf16).
 
 ``mx_fp8_matmul(a, b)`` runs two MXFP4 operands on the FP8 tensor cores (opt-in: the recipe
 switch ``mx_fp8_gemm``): each operand becomes E4M3 codes with a power-of-two scale per row,
-exactly (``mx_fp8.mx_to_e4m3``), and ``_scaled_mm`` multiplies them with row-wise scales. The
-products are exact, but Hopper's FP8 MMA adds them with fewer bits than FP32 before cuBLAS
+exactly (``mx_fp8.mx_to_e4m3``), and ``_scaled_mm`` multiplies them with row-wise scales; output
+tiles that touch a row E4M3 cannot hold (its blocks span more than 15 binades) are recomputed on
+the bf16 path by a second launch, without a synchronisation. The products are exact, but Hopper's FP8 MMA adds them with fewer bits than FP32 before cuBLAS
 promotes the partial sums to FP32 (DeepSeek-V3 §3.3.2 measured ~14), so the result is not the
 FP32-accumulated reference to rounding order: the benchmark measures the difference.
 
@@ -115,8 +116,8 @@ def _dequant_kernel(codes_ptr, scales_ptr, out_ptr, R, K, BLOCK_R: tl.constexpr,
 
 @triton.jit
 def _gemm_kernel(
-    a_ptr, a_scales, b_ptr, b_scales, c_ptr, ta_ptr, tb_ptr, M, N, K,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, FUSED: tl.constexpr,
+    a_ptr, a_scales, b_ptr, b_scales, c_ptr, ta_ptr, tb_ptr, a_exact_ptr, b_exact_ptr, M, N, K,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, FUSED: tl.constexpr, FIXUP: tl.constexpr,
     A_BR: tl.constexpr, A_BC: tl.constexpr, A_MX: tl.constexpr,
     B_BR: tl.constexpr, B_BC: tl.constexpr, B_MX: tl.constexpr,
     HAS_TA: tl.constexpr, HAS_TB: tl.constexpr, DOT_DTYPE: tl.constexpr,
@@ -124,7 +125,8 @@ def _gemm_kernel(
     """``C = ((A' B'ᵀ) · t_a) · t_b`` (``fp4train.gemm.quantized_matmul``) for ``A`` (M, K) and
     ``B`` (N, K). ``FUSED``: ``a_ptr``/``b_ptr`` hold packed FP4 codes, dequantized per tile in
     registers; else they hold ``A'``/``B'`` in bf16 (``_dequant_kernel``). Grouped program order
-    for L2 reuse."""
+    for L2 reuse. ``FIXUP``: only the tiles with a row of ``A`` or ``B`` whose flag at
+    ``a_exact_ptr``/``b_exact_ptr`` is False are computed and stored; the others exit."""
     pid = tl.program_id(0)
     n_m, n_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
     group = pid // (GROUP_M * n_n)
@@ -134,6 +136,11 @@ def _gemm_kernel(
     pid_n = (pid % (GROUP_M * n_n)) // size_m
     rows_a = pid_m * BM + tl.arange(0, BM)
     rows_b = pid_n * BN + tl.arange(0, BN)
+    if FIXUP:
+        exact_a = tl.min(tl.load(a_exact_ptr + rows_a, mask=rows_a < M, other=1).to(tl.int32))
+        exact_b = tl.min(tl.load(b_exact_ptr + rows_b, mask=rows_b < N, other=1).to(tl.int32))
+        if (exact_a & exact_b) == 1:
+            return
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):
         if FUSED:
@@ -217,20 +224,35 @@ def fp4_matmul(
                 c.mul_(t)
         return c[:m, :n].to(out_dtype)
     c = torch.empty(mp, np_, dtype=out_dtype, device=a.data.device)
+    _triton_gemm(a, b, a_in, b_in, c, (bm, bn, bk, group_m, warps, stages), fused)
+    return c[:m, :n]
+
+
+def _triton_gemm(
+    a: QuantizedTensor, b: QuantizedTensor, a_in: torch.Tensor, b_in: torch.Tensor, c: torch.Tensor,
+    config: tuple[int, int, int, int, int, int], fused: bool,
+    exact: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> None:
+    """``_gemm_kernel`` writing the padded (M, N) ``c``; ``a_in``/``b_in``: packed codes (``fused``)
+    or ``dequantize_fp4`` copies. ``exact``: per-row bool flags of ``a`` and ``b``; then only the
+    tiles touching a False row are written (``FIXUP``)."""
+    (mp, k), (np_, _) = a.padded, b.padded
+    bm, bn, bk, group_m, warps, stages = config
     dummy = _placeholder(a.data.device, torch.float32)
+    a_exact, b_exact = exact or (dummy, dummy)
     grid = (triton.cdiv(mp, bm) * triton.cdiv(np_, bn),)
     _gemm_kernel[grid](
         a_in, a.scales, b_in, b.scales, c,
         a.tensor_scale if a.tensor_scale is not None else dummy,
         b.tensor_scale if b.tensor_scale is not None else dummy,
-        mp, np_, k, BM=bm, BN=bn, BK=bk, GROUP_M=group_m, FUSED=fused,
+        a_exact, b_exact,
+        mp, np_, k, BM=bm, BN=bn, BK=bk, GROUP_M=group_m, FUSED=fused, FIXUP=exact is not None,
         A_BR=a.spec.block_shape[0], A_BC=a.spec.block_shape[1], A_MX=a.spec.fmt == "mxfp4",
         B_BR=b.spec.block_shape[0], B_BC=b.spec.block_shape[1], B_MX=b.spec.fmt == "mxfp4",
         HAS_TA=a.tensor_scale is not None, HAS_TB=b.tensor_scale is not None,
         DOT_DTYPE=tl.float32 if _interpreting() else tl.bfloat16,
         num_warps=warps, num_stages=stages,
     )
-    return c[:m, :n]
 
 
 def fp8_supported(a: QuantizedTensor, b: QuantizedTensor) -> bool:
@@ -287,10 +309,11 @@ def _rowwise_out_dtypes(device: torch.device) -> tuple[torch.dtype, ...]:
 def mx_fp8_matmul(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor | None:
     """``A Bᵀ`` of two MXFP4 operands on FP8 tensor cores: ``(Y_a Y_bᵀ) · 2^(r_a-6) · 2^(r_b-6)``
     with ``Y`` the exact E4M3 rewrite of each operand (``mx_to_e4m3``), cropped to (M, N).
-    ``None`` — the caller then runs the exact bf16 path — when ``out_dtype`` is one the row-wise
-    ``_scaled_mm`` cannot write, or when a row's nonzero blocks span more than the 15 binades
-    that E4M3 holds (or its exponent passes ±56): that check reads one flag from the device,
-    the only synchronisation, after the GEMM is queued."""
+    Rows whose nonzero blocks span more than the 15 binades that E4M3 holds (or whose exponent
+    passes ±56) are flagged by the rewrite; a second launch (``_gemm_kernel`` with ``FIXUP``)
+    recomputes on the exact bf16 path every output tile that touches a flagged row of A or B
+    and leaves the others — all on the device, no synchronisation. ``None`` (the caller runs
+    the bf16 path) when the row-wise ``_scaled_mm`` cannot write ``out_dtype``."""
     if not mx_fp8_supported(a, b):
         raise ValueError(
             f"mx_fp8_matmul needs two MXFP4 operands with 1x32 blocks, equal padded K and row counts "
@@ -303,6 +326,5 @@ def mx_fp8_matmul(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype
     yb, sb, exact_b = mx_to_e4m3(b)
     e4m3 = torch.float8_e4m3fn
     out = torch._scaled_mm(ya.view(e4m3), yb.view(e4m3).t(), scale_a=sa, scale_b=sb.t(), out_dtype=out_dtype)
-    if not bool(exact_a & exact_b):
-        return None
+    _triton_gemm(a, b, a.data, b.data, out, FUSED_CONFIG, fused=True, exact=(exact_a, exact_b))
     return out[: a.shape[:-1].numel(), : b.shape[:-1].numel()]

@@ -88,13 +88,13 @@ def _e4m3_magnitudes(mag: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
 
 
 def mx_to_e4m3_reference(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(codes, row_scale, exact)`` of an MXFP4 operand (padded (R, K)), in plain torch.
+    """``(codes, row_scale, row_exact)`` of an MXFP4 operand (padded (R, K)), in plain torch.
 
     ``codes``: uint8 (R, K) float8_e4m3fn bit patterns of ``E2M1(c) · 2^(e_b − r_i + 6)``, the
     E2M1 sign in bit 7; 0x7F in NaN blocks; a zero of the element's sign where ``j`` leaves
-    ``[−8, 6]``. ``row_scale``: float32 (R, 1) ``2^(r_i − 6)``. ``exact``: 0-dim bool, True iff
-    every nonzero element outside NaN blocks has ``j`` in ``[−8, 6]``; then
-    ``codes.view(float8_e4m3fn).float() * row_scale == qt.padded_values(with_tensor_scale=False)``
+    ``[−8, 6]``. ``row_scale``: float32 (R, 1) ``2^(r_i − 6)``. ``row_exact``: bool (R,), True for
+    a row iff every nonzero element outside NaN blocks has ``j`` in ``[−8, 6]``; then that row of
+    ``codes.view(float8_e4m3fn).float() * row_scale`` equals ``qt.padded_values(with_tensor_scale=False)``
     (NaN blocks aside). See the module docstring for the derivation."""
     _check(qt)
     scales = qt.scales.to(torch.int32)
@@ -107,8 +107,8 @@ def mx_to_e4m3_reference(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tenso
     mag = c & 7
     codes = torch.where(window_el, _e4m3_magnitudes(mag, j_el), 0) | ((c & 8) << 4)
     codes = torch.where(nan_el, _E4M3_NAN, codes)
-    exact = ~((mag != 0) & ~window_el & ~nan_el).any()
-    return codes.to(torch.uint8), _exp2(r - 6)[:, None], exact
+    row_exact = ~((mag != 0) & ~window_el & ~nan_el).any(dim=1)
+    return codes.to(torch.uint8), _exp2(r - 6)[:, None], row_exact
 
 
 # ----------------------------------------------------------------------------- kernel
@@ -209,8 +209,8 @@ def mx_to_e4m3_triton(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``mx_to_e4m3_reference(qt)`` bit for bit by ``_mx_to_e4m3_kernel`` (CUDA, or the CPU under
     ``TRITON_INTERPRET=1``): one read of the packed codes (0.5 B per element) and one write of
-    the E4M3 codes (1 B); ``exact`` is reduced on the device from per-row flags, without a
-    synchronisation. ``config``: ``(BLOCK_R, BLOCK_K, num_warps, programs)`` instead of
+    the E4M3 codes (1 B); ``row_exact`` is reduced on the device over the programs that
+    share a row, without a synchronisation. ``config``: ``(BLOCK_R, BLOCK_K, num_warps, programs)`` instead of
     ``DEFAULT_CONFIG`` (tests, benchmarks)."""
     _check(qt)
     r, k = qt.padded
@@ -228,11 +228,11 @@ def mx_to_e4m3_triton(
         r, k, k_per_program,
         BLOCK_R=block_r, BLOCK_K=block_k, LIMIT=ROW_EXPONENT_LIMIT, J_MIN=_J_MIN, J_MAX=_J_MAX, num_warps=warps,
     )
-    return codes, row_scale, row_exact.all()
+    return codes, row_scale, row_exact.all(dim=0)
 
 
 def mx_to_e4m3(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(codes, row_scale, exact)`` of an MXFP4 operand (see ``mx_to_e4m3_reference``): by the
+    """``(codes, row_scale, row_exact)`` of an MXFP4 operand (see ``mx_to_e4m3_reference``): by the
     Triton kernel on CUDA and under ``TRITON_INTERPRET=1``, else by the reference."""
     if qt.data.is_cuda or _interpreting():
         return mx_to_e4m3_triton(qt)

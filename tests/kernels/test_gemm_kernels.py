@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fp4train.gemm import quantized_matmul
-from fp4train.kernels.gemm import dequantize_fp4, fp4_matmul, fp4_supported, fp8_supported
+from fp4train.kernels.gemm import _triton_gemm, dequantize_fp4, fp4_matmul, fp4_supported, fp8_supported, mx_fp8_supported
 from fp4train.quant import QuantSpec, quantize
 
 SMALL = (32, 32, 64, 4, 4, 1)  # BM, BN, BK, GROUP_M, warps, stages: several programs and K steps
@@ -37,6 +37,29 @@ def test_fp4_gemm_matches_reference(name, out_dtype, fused):
     tol = 1e-6 if out_dtype == torch.float32 else 8e-3
     err = (out.float() - ref).norm() / ref.norm()
     assert err < tol, f"{name}: relative error {err:.2e}"
+
+
+def test_fixup_recomputes_exactly_the_tiles_of_flagged_rows():
+    """``mx_fp8_matmul``'s second launch: tiles that touch a row of A or of B flagged inexact are
+    recomputed (equal to the reference), every other tile is left as it was."""
+    a, b = operands(96, 80, 128, seed=5)
+    qa, qb = quantize(a, QuantSpec("mxfp4")), quantize(b, QuantSpec("mxfp4"))
+    exact_a, exact_b = torch.ones(96, dtype=torch.bool), torch.ones(80, dtype=torch.bool)
+    exact_a[40], exact_b[70] = False, False  # row band 32..63 of A, column band 64..79 of B
+    out = torch.full((96, 80), -7.0)
+    _triton_gemm(qa, qb, qa.data, qb.data, out, SMALL, fused=True, exact=(exact_a, exact_b))
+    ref = quantized_matmul(qa, qb)
+    redone = torch.zeros(96, 80, dtype=torch.bool)
+    redone[32:64], redone[:, 64:] = True, True
+    assert (out[~redone] == -7.0).all()
+    assert ((out[redone] - ref[redone]).norm() / ref[redone].norm()) < 1e-6
+
+
+def test_mx_fp8_supported_needs_two_mxfp4_operands_with_16_aligned_rows():
+    qa, qb = quantize(torch.randn(32, 64), QuantSpec("mxfp4")), quantize(torch.randn(48, 64), QuantSpec("mxfp4"))
+    assert mx_fp8_supported(qa, qb)
+    assert not mx_fp8_supported(quantize(torch.randn(40, 64), QuantSpec("mxfp4")), qb)
+    assert not mx_fp8_supported(quantize(torch.randn(32, 64), QuantSpec("nvfp4")), qb)
 
 
 @pytest.mark.parametrize("name", PAIRS)
