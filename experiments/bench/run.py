@@ -312,12 +312,14 @@ def useful_bytes(row: QuantSpec | None, col: QuantSpec | None) -> int:
 
 def time_quantizers(copy_gbs: float) -> list[dict]:
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    small = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16)  # launch-bound: the CPU cost of a call
     rows = []
     for name, (row, col) in QUANT_VARIANTS.items():
         spec = row or col
         useful = useful_bytes(row, col)
         t = gpu_ms(lambda: quantize_variant(x, row, col))
         entry = {"variant": name, "gpu_ms": t, "eager_ms": ms(lambda: quantize_variant(x, row, col)),
+                 "eager_ms_256x512": ms(lambda: quantize_variant(small, row, col)),
                  "frac_copy_bw": useful / t / 1e6 / copy_gbs}
         if spec.fmt != "mxfp4":  # two passes: the tensor amax reads x once more
             entry["frac_copy_bw_actual_bytes"] = (useful + M * K * 2) / t / 1e6 / copy_gbs
@@ -456,16 +458,16 @@ def markdown(res: dict) -> str:
              f"{res['copy_GBs']:.0f} GB/s. Command: `python -m experiments.bench.run`.\n",
              "## Quantize, bf16 input 8192×4096\n",
              "GPU time = CUDA-graph replay; eager = one Python call (launches included). Fraction of copy "
-             "bandwidth on bytes = 1 read of x + the codes and scales written; NVFP4 also reads x in its "
-             "amax pass (second column), skipped when the amax is given.\n",
-             "| variant | GPU µs | of copy BW | of BW, bytes incl. amax pass | NVFP4 amax given: GPU µs / of BW | eager µs | ref eager µs | ref torch.compile µs |",
-             "|---|---|---|---|---|---|---|---|"]
+             "bandwidth on bytes = 1 read of x + the codes and scales written; NVFP4 and FP8 also read x in "
+             "their amax pass (second column), skipped when the amax is given (NVFP4).\n",
+             "| variant | GPU µs | of copy BW | of BW, bytes incl. amax pass | NVFP4 amax given: GPU µs / of BW | eager µs | eager µs at 256×512 (CPU cost of a call) | ref eager µs | ref torch.compile µs |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in res["quantize"]:
         def f(key, scale=1e3, fmt="{:.0f}"):
             return fmt.format(r[key] * scale) if key in r else ""
         lines.append(f"| {r['variant']} | {f('gpu_ms')} | {r['frac_copy_bw']:.0%} | "
                      f"{f('frac_copy_bw_actual_bytes', 100, '{:.0f}%')} | "
-                     f"{f('gpu_ms_amax_given')} {f('frac_copy_bw_amax_given', 100, '/ {:.0f}%')} | {f('eager_ms')} | "
+                     f"{f('gpu_ms_amax_given')} {f('frac_copy_bw_amax_given', 100, '/ {:.0f}%')} | {f('eager_ms')} | {f('eager_ms_256x512')} | "
                      f"{f('ms_reference_eager')} | {f('ms_reference_compiled')} |")
     lines += ["\n## Quantize pass alone (NVFP4 amax given) per tile (BM, BK, VEC, num_warps); first = default\n",
               "| variant | tile | GPU µs | of copy BW |", "|---|---|---|---|"]

@@ -228,7 +228,7 @@ def mx_to_e4m3_triton(
         r, k, k_per_program,
         BLOCK_R=block_r, BLOCK_K=block_k, LIMIT=ROW_EXPONENT_LIMIT, J_MIN=_J_MIN, J_MAX=_J_MAX, num_warps=warps,
     )
-    return codes, row_scale, row_exact.all(dim=0)
+    return codes, row_scale, row_exact[0] if k_programs == 1 else row_exact.all(dim=0)
 
 
 def mx_to_e4m3(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
