@@ -91,8 +91,8 @@ def quantize_fp8(
 ) -> tuple[QuantizedTensor | None, QuantizedTensor | None]:
     """``(quantize(x, row_spec), quantize(x_mat.T, col_spec))`` for per-tensor FP8 specs (see
     ``fp8_quantize_supported``), ``x_mat`` = ``x`` viewed as a matrix (M, K); either spec may be
-    ``None`` to skip that orientation. One amax pass and one quantize pass over ``x``, whose
-    rows must be contiguous. ``tile``: ``(BM, BK, VEC, num_warps)`` (benchmarks)."""
+    ``None`` to skip that orientation. One amax pass and one quantize pass over ``x`` (copied
+    first if its last dim is strided). ``tile``: ``(BM, BK, VEC, num_warps)`` (benchmarks)."""
     specs = [s for s in (row_spec, col_spec) if s is not None]
     if not specs:
         raise ValueError("quantize_fp8 needs at least one of row_spec, col_spec")

@@ -25,9 +25,10 @@ bf16).
 switch ``mx_fp8_gemm``): each operand becomes E4M3 codes with a power-of-two scale per row,
 exactly (``mx_fp8.mx_to_e4m3``), and ``_scaled_mm`` multiplies them with row-wise scales; output
 tiles that touch a row E4M3 cannot hold (its blocks span more than 15 binades) are recomputed on
-the bf16 path by a second launch, without a synchronisation. The products are exact, but Hopper's FP8 MMA adds them with fewer bits than FP32 before cuBLAS
-promotes the partial sums to FP32 (DeepSeek-V3 §3.3.2 measured ~14), so the result is not the
-FP32-accumulated reference to rounding order: the benchmark measures the difference.
+the bf16 path by a second launch, without a synchronisation. The products are exact, but
+Hopper's FP8 MMA adds them with fewer bits than FP32 before cuBLAS promotes the partial sums to
+FP32 (DeepSeek-V3 §3.3.2 measured ~14), so the result is not the FP32-accumulated reference up
+to rounding order: the benchmark measures the difference.
 
 ``fp8_matmul(a, b)`` runs per-tensor FP8 operands (``fp8_e4m3`` / ``fp8_e5m2``, not both E5M2)
 on Hopper's FP8 tensor cores: ``_scaled_mm(codes_a, codes_bᵀ, s_a, s_b)`` with FP32 output.
