@@ -23,7 +23,7 @@ import triton.language as tl
 from fp4train.quant.api import QuantizedTensor
 from fp4train.quant.spec import QuantSpec
 
-from .quantize import _amax_kernel, _fp8_rn, _load_tile, _placeholder, _tensor_scales, _tile_origin
+from .quantize import _amax_kernel, _fp8_rn, _load_tile, _placeholder, _tensor_scales, _tile_origin, indexable_by_int32
 
 __all__ = ["FP8_DTYPES", "fp8_quantize_supported", "quantize_fp8"]
 
@@ -76,10 +76,11 @@ def _fp8_kernel(
 
 
 def fp8_quantize_supported(x: torch.Tensor, spec: QuantSpec) -> bool:
-    """Per-tensor FP8 with RN and no RHT, of a non-empty bf16/fp16/fp32 tensor."""
+    """Per-tensor FP8 with RN and no RHT, of a non-empty bf16/fp16/fp32 tensor of fewer than
+    2^31 elements."""
     return (
         spec.fmt in FP8_DTYPES and spec.rounding == "rn" and spec.rht is None and x.dim() > 0 and x.numel() > 0
-        and x.dtype in (torch.bfloat16, torch.float16, torch.float32)
+        and x.dtype in (torch.bfloat16, torch.float16, torch.float32) and indexable_by_int32(x.numel())
     )
 
 
@@ -100,7 +101,8 @@ def quantize_fp8(
         if not fp8_quantize_supported(x, s):
             raise ValueError(
                 f"quantize_fp8 takes per-tensor fp8_e4m3/fp8_e5m2 with RN and no RHT of a non-empty "
-                f"bf16/fp16/fp32 tensor; got {s} for a {x.dtype} tensor of shape {tuple(x.shape)}"
+                f"bf16/fp16/fp32 tensor of fewer than 2^31 elements; got {s} for a {x.dtype} tensor of "
+                f"shape {tuple(x.shape)}"
             )
     xm = x.reshape(-1, x.shape[-1])
     if xm.stride(-1) != 1:

@@ -44,7 +44,7 @@ from fp4train.quant.api import QuantizedTensor
 
 from .fp8 import FP8_DTYPES
 from .mx_fp8 import mx_to_e4m3
-from .quantize import _interpreting, _placeholder
+from .quantize import _interpreting, _placeholder, indexable_by_int32
 
 __all__ = ["fp4_supported", "fp4_matmul", "dequantize_fp4", "fp8_supported", "fp8_matmul", "mx_fp8_supported", "mx_fp8_matmul"]
 
@@ -163,9 +163,15 @@ def _gemm_kernel(
 
 
 def fp4_supported(a: QuantizedTensor, b: QuantizedTensor) -> bool:
-    """Both operands FP4 (NVFP4/MXFP4) with 1- or 16-row blocks of 16/32 and the same padded K."""
+    """Both operands FP4 (NVFP4/MXFP4) with 1- or 16-row blocks of 16/32 and the same padded K;
+    operands and output of fewer than 2^31 elements (``indexable_by_int32``)."""
     ok = all(q.spec.fmt in _FP4_FORMATS and q.spec.block_shape[1] in (16, 32) for q in (a, b))
-    return ok and a.padded[1] == b.padded[1] and a.padded[1] % 32 == 0
+    return ok and a.padded[1] == b.padded[1] and a.padded[1] % 32 == 0 and _indexable(a, b)
+
+
+def _indexable(a: QuantizedTensor, b: QuantizedTensor) -> bool:
+    (m, k), (n, _) = a.padded, b.padded
+    return indexable_by_int32(m * k, n * k, m * n)
 
 
 def _sm_count(device: torch.device) -> int:
@@ -285,9 +291,10 @@ def fp8_matmul(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype = 
 
 
 def mx_fp8_supported(a: QuantizedTensor, b: QuantizedTensor) -> bool:
-    """Two MXFP4 operands with 1×32 blocks, equal padded K, and M, N multiples of 16 (cuBLASLt)."""
+    """Two MXFP4 operands with 1×32 blocks, equal padded K, and M, N multiples of 16 (cuBLASLt);
+    operands and output of fewer than 2^31 elements."""
     ok = all(q.spec.fmt == "mxfp4" and q.spec.block_shape == (1, 32) for q in (a, b))
-    return ok and a.padded[1] == b.padded[1] and a.padded[0] % 16 == 0 and b.padded[0] % 16 == 0
+    return ok and a.padded[1] == b.padded[1] and a.padded[0] % 16 == 0 and b.padded[0] % 16 == 0 and _indexable(a, b)
 
 
 _ROWWISE_OUT_DTYPES: dict[torch.device, tuple[torch.dtype, ...]] = {}

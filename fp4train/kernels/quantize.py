@@ -331,9 +331,17 @@ def _quantize_kernel(
 # ----------------------------------------------------------------------------- Python wrappers
 
 
+def indexable_by_int32(*numels: int) -> bool:
+    """Whether every tensor a kernel indexes has fewer than 2^31 elements: Triton computes the
+    offsets from int32 arguments in int32, so a larger tensor would wrap around silently. Callers
+    leave larger tensors to the reference code."""
+    return all(n < 2**31 for n in numels)
+
+
 def supports(x: torch.Tensor, spec: QuantSpec, colwise: bool = False) -> bool:
     """Whether the kernels handle ``quantize(x, spec)`` (or of ``x``'s matrix transpose): an FP4
-    format with a supported block, a 16/32-point RHT or none, bf16/fp16/fp32 input, whole blocks."""
+    format with a supported block, a 16/32-point RHT or none, bf16/fp16/fp32 input, whole blocks,
+    fewer than 2^31 elements."""
     if spec.fmt not in _SUPPORTED_BLOCKS or spec.block_shape not in _SUPPORTED_BLOCKS[spec.fmt]:
         return False
     if spec.rht not in (None, *_RHT_SIZES) or x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
@@ -343,7 +351,7 @@ def supports(x: torch.Tensor, spec: QuantSpec, colwise: bool = False) -> bool:
     m, k = x.shape[:-1].numel(), x.shape[-1]
     rows, cols = (k, m) if colwise else (m, k)
     br, bc = spec.block_shape
-    return rows % br == 0 and cols % bc == 0 and cols % (spec.rht or 1) == 0 and rows > 0
+    return rows % br == 0 and cols % bc == 0 and cols % (spec.rht or 1) == 0 and rows > 0 and indexable_by_int32(m * k)
 
 
 _RHT_CACHE: dict[tuple[int, int, torch.device], torch.Tensor] = {}
@@ -404,7 +412,7 @@ def _check(x: torch.Tensor, spec: QuantSpec, colwise: bool, rand: torch.Tensor |
         raise ValueError(
             f"the FP4 kernels do not handle {spec} for a {x.dtype} input of shape {tuple(x.shape)} "
             f"({'column' if colwise else 'row'}-wise); supported: fmt/block {_SUPPORTED_BLOCKS}, "
-            f"rht in {_RHT_SIZES} or None, bf16/fp16/fp32, whole blocks (no padding)"
+            f"rht in {_RHT_SIZES} or None, bf16/fp16/fp32, whole blocks (no padding), fewer than 2^31 elements"
         )
     if rand is not None and (tuple(rand.shape) != shape or rand.dtype != torch.int32):
         raise ValueError(f"rand_bits must be int32 of shape {shape}, got {rand.dtype} {tuple(rand.shape)}")

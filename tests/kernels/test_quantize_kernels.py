@@ -193,3 +193,28 @@ def test_philox_bits_depend_on_seed_and_position_only():
     assert_same(k_col, quantize_fp4_pair(x, None, col, col_seed=12)[1], "col")
     _, other = quantize_fp4_pair(x, row, col, seed=11, col_seed=13)
     assert not torch.equal(other.data, k_col.data)
+
+
+def test_tensors_of_2_to_the_31_elements_are_left_to_the_reference():
+    """The kernels index in int32: a tensor of 2^31 elements or more must not reach them (it would
+    wrap around silently); one element fewer may. Shapes only: meta tensors allocate nothing."""
+    from fp4train.kernels.fp8 import fp8_quantize_supported
+    from fp4train.kernels.gemm import fp4_supported, mx_fp8_supported
+    from fp4train.quant.api import QuantizedTensor
+
+    big = torch.empty(2**16, 2**15, dtype=torch.bfloat16, device="meta")
+    below = torch.empty(2**16 - 32, 2**15, dtype=torch.bfloat16, device="meta")
+    for spec in (QuantSpec("nvfp4"), QuantSpec("mxfp4")):
+        assert not supports(big, spec) and not supports(big, spec, colwise=True)
+        assert supports(below, spec) and supports(below, spec, colwise=True)
+    assert not fp8_quantize_supported(big, QuantSpec("fp8_e4m3")) and fp8_quantize_supported(below, QuantSpec("fp8_e4m3"))
+
+    def operand(rows: int, k: int) -> QuantizedTensor:
+        data = torch.empty(rows, k // 2, dtype=torch.uint8, device="meta")
+        scales = torch.empty(rows, k // 32, dtype=torch.uint8, device="meta")
+        return QuantizedTensor(QuantSpec("mxfp4"), torch.Size((rows, k)), torch.bfloat16, data, scales, None, (rows, k))
+
+    a, b = operand(2**16, 64), operand(2**16, 64)  # small operands, but a 2^32-element output
+    assert not fp4_supported(a, b) and not mx_fp8_supported(a, b)
+    a, b = operand(2**16, 64), operand(2**14, 64)
+    assert fp4_supported(a, b) and mx_fp8_supported(a, b)
