@@ -20,7 +20,7 @@ Per element, with the E2M1 magnitude normalised as ``(1 + h/2) · 2^p``, ``h`` o
 mantissa ``h << 2``; below, the subnormal code is the integer ``y · 2^9 = (2 + h) · 2^(q+8)``.
 Built from integer bit operations only (no float conversion): exact, and run by the
 interpreter. Outside the window (``j ∉ [−8, 6]``) the element becomes a zero of its sign and
-the exactness flag is cleared; elements of NaN blocks (scale code 0xFF) become 0x7F, E4M3's
+the row's exactness flag is cleared; elements of NaN blocks (scale code 0xFF) become 0x7F, E4M3's
 NaN.
 
 ``mx_to_e4m3_reference`` is the plain-torch definition (any device: the CPU path).
@@ -209,9 +209,9 @@ def mx_to_e4m3_triton(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``mx_to_e4m3_reference(qt)`` bit for bit by ``_mx_to_e4m3_kernel`` (CUDA, or the CPU under
     ``TRITON_INTERPRET=1``): one read of the packed codes (0.5 B per element) and one write of
-    the E4M3 codes (1 B); ``row_exact`` is reduced on the device over the programs that
-    share a row, without a synchronisation. ``config``: ``(BLOCK_R, BLOCK_K, num_warps, programs)`` instead of
-    ``DEFAULT_CONFIG`` (tests, benchmarks)."""
+    the E4M3 codes (1 B); ``row_exact`` is reduced on the device over the programs that share
+    a row (when K is split), without a synchronisation. ``config``: ``(BLOCK_R, BLOCK_K,
+    num_warps, programs)`` instead of ``DEFAULT_CONFIG`` (tests, benchmarks)."""
     _check(qt)
     r, k = qt.padded
     dev = qt.data.device
