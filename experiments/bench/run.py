@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import multiprocessing as mp
 import subprocess
@@ -31,7 +32,7 @@ from fp4train.kernels.gemm import DEFAULT_CONFIG, FUSED_CONFIG, _rowwise_out_dty
 from fp4train.kernels.mx_fp8 import mx_to_e4m3, mx_to_e4m3_reference
 from fp4train.kernels.fp8 import quantize_fp8
 from fp4train.kernels.quantize import quantize_fp4_pair
-from fp4train.quant import QuantSpec, quantize
+from fp4train.quant import QuantizedTensor, QuantSpec, quantize
 from fp4train.recipes import RecipeConfig, build_recipe
 
 T0 = time.time()
@@ -217,8 +218,7 @@ def check_quantizers() -> dict:
                 g = torch.Generator().manual_seed(2)
                 rb = torch.randint(0, 2**16, (512, 1024), generator=g, dtype=torch.int32) if row and row.rounding == "sr" else None
                 cb = torch.randint(0, 2**16, (1024, 512), generator=g, dtype=torch.int32) if col and col.rounding == "sr" else None
-                rand = {"row_rand": rb.cuda(), "col_rand": cb.cuda() if cb is not None else None} if rb is not None else (
-                    {"col_rand": cb.cuda()} if cb is not None else {})
+                rand = {name: bits.cuda() for name, bits in (("row_rand", rb), ("col_rand", cb)) if bits is not None}
                 kr, kc = quantize_variant(x.cuda(), row, col, **rand)
                 ok = True
                 if row is not None:
@@ -237,6 +237,12 @@ def check_quantizers() -> dict:
     results["quantize() dispatch, transposed view"] = same(quantize(x.cuda().T, MX), quantize(x.T.contiguous(), MX))
     results["quantize() dispatch, fp8 transposed view"] = same(quantize(x.cuda().T, E4), quantize(x.T.contiguous(), E4))
     return results
+
+
+def on_gpu(qt: QuantizedTensor) -> QuantizedTensor:
+    """``qt`` with its codes and scales copied to the GPU."""
+    ts = None if qt.tensor_scale is None else qt.tensor_scale.cuda()
+    return dataclasses.replace(qt, data=qt.data.cuda(), scales=qt.scales.cuda(), tensor_scale=ts)
 
 
 def _mx_fp8_or_nan(qa, qb) -> torch.Tensor:
@@ -261,10 +267,7 @@ def check_gemms() -> dict:
     }.items():
         qa, qb = quantize(a, sa), quantize(b, sb)
         ref = quantized_matmul(qa, qb)  # CPU reference
-        qa_gpu = type(qa)(qa.spec, qa.shape, qa.dtype, qa.data.cuda(), qa.scales.cuda(),
-                          None if qa.tensor_scale is None else qa.tensor_scale.cuda(), qa.padded)
-        qb_gpu = type(qb)(qb.spec, qb.shape, qb.dtype, qb.data.cuda(), qb.scales.cuda(),
-                          None if qb.tensor_scale is None else qb.tensor_scale.cuda(), qb.padded)
+        qa_gpu, qb_gpu = on_gpu(qa), on_gpu(qb)
         res = fn(qa_gpu, qb_gpu).cpu()
         out[name] = ((res - ref).norm() / ref.norm()).item()
         if sa.fmt in ("nvfp4", "mxfp4"):
@@ -285,7 +288,7 @@ def check_gemms() -> dict:
         x = torch.randn(256, 1024, generator=g)
         x[rows_wide, 512:] *= 2.0**-20  # rows whose blocks span 20 binades: recomputed by the fixup launch
         qw = quantize(x, MX)
-        qw_gpu = type(qw)(qw.spec, qw.shape, qw.dtype, qw.data.cuda(), qw.scales.cuda(), None, qw.padded)
+        qw_gpu = on_gpu(qw)
         ref = quantized_matmul(qw, qw)
         res = mx_fp8_matmul(qw_gpu, qw_gpu, torch.float32).cpu()
         out[f"mx_fp8_matmul, 20-binade rows ({name}), fp32 out: rel. error"] = ((res - ref).norm() / ref.norm()).item()
