@@ -6,18 +6,24 @@ Small layers (the ViT) are launch-bound, so what a training step costs there is 
 launch time of each call, not its kernels. Each op runs on a 256×512 bf16 input; the time per
 call is the wall time of 200 back-to-back calls (the GPU finishes each long before the next is
 issued), in two passes in opposite orders so that a warm-up effect shows as a difference between
-them. Baselines: an empty ``torch.empty`` and one bf16 ``torch.mm`` of the same size. Writes
-``host_cost.json`` and ``host_cost.md``.
+them. Baselines: an empty ``torch.empty``, one bf16 ``torch.mm`` of the same size and the launch
+of a one-argument Triton kernel. Writes ``host_cost.json`` and ``host_cost.md``; with
+``--profile`` also ``host_profile.txt``, where the Python time of a few ops goes (cProfile).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
+import pstats
 import time
 from pathlib import Path
 
 import torch
+import triton
+import triton.language as tl
 
 from fp4train.kernels.fp8 import quantize_fp8
 from fp4train.kernels.gemm import fp4_matmul, mx_fp8_matmul
@@ -39,6 +45,30 @@ def per_call_us(fn) -> float:
     return (time.perf_counter() - t) / CALLS * 1e6
 
 
+@triton.jit
+def _noop_kernel(x_ptr):
+    """Stores nothing: the host cost of a Triton launch with one argument (baseline)."""
+    tl.load(x_ptr)
+
+
+PROFILED = ("quantize_fp4_pair nvfp4 row + col sr rht16", "fp4_matmul nvfp4 (dequantize ×2 + Triton GEMM)", "mx_fp8_matmul")
+
+
+def profile(table: dict, names: tuple[str, ...], top: int = 25) -> str:
+    """cProfile of ``CALLS`` calls of each op in ``names``: the functions with the most own time."""
+    out = io.StringIO()
+    for name in names:
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(CALLS):
+            table[name]()
+        torch.cuda.synchronize()
+        prof.disable()
+        out.write(f"\n### {name}: {CALLS} calls\n")
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
 def ops() -> dict:
     x = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(512, 512, device="cuda", dtype=torch.bfloat16)
@@ -49,6 +79,7 @@ def ops() -> dict:
     return {
         "torch.empty (baseline)": lambda: torch.empty(256, 512, device="cuda"),
         "bf16 torch.mm 256×512×512 (baseline)": lambda: x @ w.T,
+        "Triton launch of a one-argument kernel (baseline)": lambda: _noop_kernel[(1,)](x),
         "quantize_fp4_pair nvfp4 row": lambda: quantize_fp4_pair(x, nv, None),
         "quantize_fp4_pair nvfp4 row + col sr rht16": lambda: quantize_fp4_pair(x, nv_sr_rht, nv_sr_rht),
         "quantize_fp4_pair mxfp4 row": lambda: quantize_fp4_pair(x, mx, None),
@@ -65,6 +96,7 @@ def ops() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--profile", action="store_true", help=f"also write host_profile.txt: cProfile of {PROFILED}")
     args = parser.parse_args()
     table = ops()
     names = list(table)
@@ -79,6 +111,8 @@ def main() -> None:
     lines += [f"| {r['op']} | {r['us_first_pass']:.1f} | {r['us_reversed_pass']:.1f} |" for r in rows]
     (args.out / "host_cost.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if args.profile:
+        (args.out / "host_profile.txt").write_text(profile(table, PROFILED))
 
 
 if __name__ == "__main__":

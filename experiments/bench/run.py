@@ -56,6 +56,7 @@ QUANT_VARIANTS = {  # name: (row spec, column spec)
     "mxfp4 floor row rn": (MX, None),
     "mxfp4 ceil row sr": (MX_CEIL_SR, None),
     "mxfp4 floor col rn": (None, MX),
+    "mxfp4 floor row rn + col rn (x, dy both)": (MX, MX),
     "mxfp4 ceil row sr + col sr (TetraJet dy)": (MX_CEIL_SR, MX_CEIL_SR),
     "fp8_e4m3 row (W fprop)": (E4, None),
     "fp8_e4m3 row + col (x both)": (E4, E4),
@@ -344,13 +345,14 @@ def time_quantizers(copy_gbs: float) -> list[dict]:
     return rows
 
 
-TILE_SWEEP = {  # variant: (BM, BK, VEC, num_warps) tiles to time; the first is `_tile`'s choice
+TILE_SWEEP = {  # variant: (BM, BK, VEC, num_warps, split) tiles to time; the first is `_tile`'s choice
     "nvfp4 col rn rht16 (x wgrad)": [(32, 256, 2, 4), (16, 512, 4, 4), (64, 256, 2, 4), (32, 128, 2, 2)],
-    "nvfp4 row rn + col rn rht16 (x both)": [(16, 512, 4, 4), (16, 256, 2, 4), (32, 256, 2, 4)],
-    "nvfp4 row sr + col sr rht16 (dy both)": [(16, 256, 2, 4), (16, 512, 4, 4), (32, 256, 2, 4)],
-    "nvfp4 16x16 row + col (W both)": [(16, 512, 4, 4), (16, 256, 2, 4), (32, 256, 2, 4)],
+    "nvfp4 row rn + col rn rht16 (x both)": [(32, 256, 2, 4, True), (16, 512, 4, 4), (32, 128, 2, 2, True)],
+    "nvfp4 row sr + col sr rht16 (dy both)": [(16, 256, 2, 4), (32, 256, 2, 4, True), (16, 512, 4, 4)],
+    "nvfp4 16x16 row + col (W both)": [(16, 512, 4, 4), (16, 256, 2, 4), (32, 256, 2, 4, True)],
     "mxfp4 floor col rn": [(64, 256, 2, 4), (32, 256, 2, 4), (64, 128, 2, 2)],
-    "mxfp4 ceil row sr + col sr (TetraJet dy)": [(32, 256, 2, 4), (32, 128, 1, 4)],
+    "mxfp4 floor row rn + col rn (x, dy both)": [(32, 256, 2, 4, True), (32, 256, 2, 4), (64, 256, 2, 4, True), (32, 128, 2, 2, True)],
+    "mxfp4 ceil row sr + col sr (TetraJet dy)": [(32, 256, 2, 4, True), (32, 256, 2, 4), (64, 256, 2, 4, True), (32, 128, 2, 2, True)],
     "fp8_e4m3 row + col (x both)": [(32, 256, 8, 4), (64, 128, 2, 4), (32, 128, 4, 4), (16, 512, 8, 4), (32, 256, 8, 8)],
 }
 
@@ -472,7 +474,7 @@ def markdown(res: dict) -> str:
                      f"{f('frac_copy_bw_actual_bytes', 100, '{:.0f}%')} | "
                      f"{f('gpu_ms_amax_given')} {f('frac_copy_bw_amax_given', 100, '/ {:.0f}%')} | {f('eager_ms')} | {f('eager_ms_256x512')} | "
                      f"{f('ms_reference_eager')} | {f('ms_reference_compiled')} |")
-    lines += ["\n## Quantize pass alone (NVFP4 amax given) per tile (BM, BK, VEC, num_warps); first = default\n",
+    lines += ["\n## Quantize pass alone (NVFP4 amax given) per tile (BM, BK, VEC, num_warps[, split]); first = default\n",
               "| variant | tile | GPU µs | of copy BW |", "|---|---|---|---|"]
     lines += [f"| {r['variant']} | {tuple(r['tile'])} | {r['gpu_ms'] * 1e3:.0f} | {r['frac_copy_bw']:.0%} |" for r in res["tiles"]]
     lines += ["\n## GEMM 8192×4096×4096 (M×N×K), bf16 output, GPU time (CUDA graph)\n", "| GEMM | ms | TFLOP/s | speed vs bf16 |", "|---|---|---|---|"]

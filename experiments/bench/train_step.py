@@ -12,7 +12,9 @@ recipes of a model run side by side in one process. Writes ``train_step.json`` a
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import statistics
 import time
 from pathlib import Path
@@ -42,13 +44,26 @@ def loss_of(name: str, model: torch.nn.Module, batch: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits.float(), torch.zeros(len(batch), dtype=torch.long, device="cuda"))
 
 
-def top_kernels(step, n: int = 8) -> list[tuple[str, float]]:
-    """GPU ms per kernel name over one ``step()``, the ``n`` largest first (a profiler trace)."""
+def kernel_times(step) -> list[tuple[str, float]]:
+    """GPU ms per kernel name over one ``step()``, the largest first (a profiler trace)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
     times = [(e.key[:60], e.self_device_time_total / 1e3) for e in prof.key_averages() if e.self_device_time_total > 0]
-    return sorted(times, key=lambda kv: -kv[1])[:n]
+    return sorted(times, key=lambda kv: -kv[1])
+
+
+def host_functions(step, n: int = 12) -> list[tuple[str, float]]:
+    """CPU ms per Python function (own time, cProfile) over one ``step()``, the ``n`` largest first:
+    where a launch-bound step spends its time."""
+    prof = cProfile.Profile()
+    prof.enable()
+    step()
+    torch.cuda.synchronize()
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # (file, line, name) -> (calls, primitive calls, own s, cumulative s, callers)
+    own = [(f"{Path(f).name}:{line}({fn}) ×{calls}", t * 1e3) for (f, line, fn), (_, calls, t, _, _) in stats.items()]
+    return sorted(own, key=lambda kv: -kv[1])[:n]
 
 
 def bench(name: str, recipe: str, steps: int, profile: bool = False) -> dict:
@@ -82,8 +97,11 @@ def bench(name: str, recipe: str, steps: int, profile: bool = False) -> dict:
         "step_ms": step_ms, f"{item_name}_per_s": items / step_ms * 1e3,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "loss": loss.item(),
     }
-    if profile:
-        row["top_kernels_gpu_ms"] = top_kernels(step)
+    if profile:  # is the step bound by its kernels or by the host?
+        kernels = kernel_times(step)
+        row["gpu_busy_ms"] = sum(t for _, t in kernels)
+        row["top_kernels_gpu_ms"] = kernels[:8]
+        row["top_host_functions_ms"] = host_functions(step)
     return row
 
 
@@ -104,7 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--profile", action="store_true", help="record the largest kernels of one step per recipe")
+    parser.add_argument("--profile", action="store_true", help="record one step's GPU busy time, largest kernels and costliest Python functions per recipe")
     args = parser.parse_args()
     rows = []
     for name in MODELS:

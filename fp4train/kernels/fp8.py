@@ -63,7 +63,7 @@ def _fp8_kernel(
 ):
     """``api.quantize(x, row_spec)`` (ROW: codes (M, K)) and ``api.quantize(x.T, col_spec)`` (COL:
     codes (K, M)) of one (BM, BK) tile, given the tensor amax (int32 bits) at ``amax_ptr``."""
-    r0, c0 = _tile_origin(M, K, BM, BK, True)  # after the amax pass: start where it ended (L2)
+    r0, c0, _ = _tile_origin(M, K, BM, BK, True, 1)  # after the amax pass: start where it ended (L2)
     x = _load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC).to(tl.float32)
     amax = tl.load(amax_ptr).to(tl.float32, bitcast=True)
     rows = r0 + tl.arange(0, BM)

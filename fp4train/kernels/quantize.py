@@ -22,6 +22,7 @@ float32 and may differ by one ulp of the transformed value otherwise.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -37,6 +38,7 @@ __all__ = ["supports", "pairable", "quantize_fp4", "quantize_fp4_pair"]
 _ONE_SIXTH = float(_FP4_MAX_RECIPROCAL)  # fp32(1/6), exactly as the reference multiplies
 _ROW_TILE = (32, 256, 8)  # (BM, BK, num_warps) when only the row-wise orientation is written
 _TILE_ELEMENTS_PER_THREAD = 64  # tiles with both orientations: BM × VEC per thread
+_ROW_ELEMENTS_PER_THREAD = 32  # the row-wise half of a split tile: more spills registers
 _SUPPORTED_BLOCKS = {"nvfp4": ((1, 16), (16, 16)), "mxfp4": ((1, 32),)}
 _RHT_SIZES = (16, 32)
 
@@ -252,15 +254,17 @@ def _quantize_tile(
 
 
 @triton.jit
-def _tile_origin(M, K, BM: tl.constexpr, BK: tl.constexpr, REVERSE: tl.constexpr):
-    """``(row0, col0)`` of this program's tile: a 1-D grid over row bands, the tiles of a band
-    consecutive; ``REVERSE`` walks it backwards, so a pass that follows another (quantize after
-    the amax pass) starts on the tiles the first one read last, which are still in L2."""
+def _tile_origin(M, K, BM: tl.constexpr, BK: tl.constexpr, REVERSE: tl.constexpr, PARTS: tl.constexpr):
+    """``(row0, col0, part)`` of this program's tile: a 1-D grid over row bands, the tiles of a
+    band consecutive, ``PARTS`` consecutive programs per tile (``part`` in ``[0, PARTS)``);
+    ``REVERSE`` walks it backwards, so a pass that follows another (quantize after the amax pass)
+    starts on the tiles the first one read last, which are still in L2."""
     pid = tl.program_id(0)
     if REVERSE:
         pid = tl.num_programs(0) - 1 - pid
+    tile = pid // PARTS
     n_k = tl.cdiv(K, BK)
-    return (pid // n_k) * BM, (pid % n_k) * BK
+    return (tile // n_k) * BM, (tile % n_k) * BK, pid % PARTS
 
 
 @triton.jit
@@ -291,7 +295,7 @@ def _amax_kernel(
     """``x.abs().amax()`` (of ``apply_rht(x)`` / ``apply_rht(x.T)`` where asked) for the row- and
     column-wise orientations into ``amax_ptr[0:2]`` (int32 bit patterns, atomic max; NaN is
     stored as inf, which gives the same NaN tensor scale)."""
-    r0, c0 = _tile_origin(M, K, BM, BK, False)
+    r0, c0, _ = _tile_origin(M, K, BM, BK, False, 1)
     x = _load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC)
     if ROW:
         tl.atomic_max(amax_ptr, _tile_amax(x, h_ptr, BM, BK, ROW_RHT))
@@ -299,33 +303,59 @@ def _amax_kernel(
         tl.atomic_max(amax_ptr + 1, _tile_amax(tl.trans(x), h_ptr, BK, BM, COL_RHT))
 
 
+@triton.jit
+def _quantize_rows(
+    x, r0, c0, M, K, h_ptr, amax_ptr, ts_ptr, codes, scales, rand, seed,
+    BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, MX: tl.constexpr, MX_CEIL: tl.constexpr,
+    RHT: tl.constexpr, SR: tl.constexpr, PHILOX: tl.constexpr, ONE_SIXTH: tl.constexpr,
+):
+    """The row-wise orientation of the (BM, BK) tile ``x`` at ``(r0, c0)``: ``api.quantize(x, spec)``."""
+    if RHT > 0:
+        x = _rht(x, h_ptr, BM, BK, RHT)
+    _quantize_tile(x.to(tl.float32), r0, c0, M, K, codes, scales, amax_ptr, ts_ptr, rand, seed,
+                   BM, BK, BR, BC, MX, MX_CEIL, SR, PHILOX, ONE_SIXTH)
+
+
 @triton.jit(do_not_specialize=["row_seed", "col_seed"])  # a new SR seed must not recompile
 def _quantize_kernel(
     x_ptr, M, K, stride, amax_ptr, ts_ptr, h_ptr,
     row_codes, row_scales, row_rand, row_seed,
     col_codes, col_scales, col_rand, col_seed,
-    BM: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr, REVERSE: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr, SPLIT: tl.constexpr, ROW_BM: tl.constexpr,
+    ROW_VEC: tl.constexpr, REVERSE: tl.constexpr,
     BR: tl.constexpr, BC: tl.constexpr, MX: tl.constexpr, MX_CEIL: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr,
     ROW_RHT: tl.constexpr, COL_RHT: tl.constexpr, ROW_SR: tl.constexpr, COL_SR: tl.constexpr,
     PHILOX: tl.constexpr, ONE_SIXTH: tl.constexpr,
 ):
-    """``api.quantize(x, spec)`` (ROW) and ``api.quantize(x.T, spec_col)`` (COL) from one read
-    of a (BM, BK) tile of ``x``; the tensor amaxes come from ``_amax_kernel``. ``*_RHT``: RHT size
-    (0: none); ``*_SR``: SR random bits per element (0: RN)."""
-    r0, c0 = _tile_origin(M, K, BM, BK, REVERSE)
-    x = _load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC)
-    if ROW:
-        v = x
-        if ROW_RHT > 0:
-            v = _rht(v, h_ptr, BM, BK, ROW_RHT)
-        _quantize_tile(v.to(tl.float32), r0, c0, M, K, row_codes, row_scales, amax_ptr, ts_ptr, row_rand, row_seed,
-                       BM, BK, BR, BC, MX, MX_CEIL, ROW_SR, PHILOX, ONE_SIXTH)
-    if COL:
-        v = tl.trans(x)
-        if COL_RHT > 0:
-            v = _rht(v, h_ptr, BK, BM, COL_RHT)
-        _quantize_tile(v.to(tl.float32), c0, r0, K, M, col_codes, col_scales, amax_ptr + 1, ts_ptr + 1, col_rand, col_seed,
-                       BK, BM, BR, BC, MX, MX_CEIL, COL_SR, PHILOX, ONE_SIXTH)
+    """``api.quantize(x, spec)`` (ROW) and ``api.quantize(x.T, spec_col)`` (COL) of each (BM, BK)
+    tile of ``x``; the tensor amaxes come from ``_amax_kernel``. ``*_RHT``: RHT size (0: none);
+    ``*_SR``: SR random bits per element (0: RN).
+
+    Without ``SPLIT`` one program reads a tile once and writes both orientations. With ``SPLIT``
+    two consecutive programs read the same tile, the second from L2: the first writes the
+    row-wise orientation, ``ROW_BM`` rows at a time loaded ``ROW_VEC`` contiguous elements per
+    thread, the second the column-wise one. Each program then holds one orientation's
+    registers, not both."""
+    r0, c0, part = _tile_origin(M, K, BM, BK, REVERSE, 2 if SPLIT else 1)
+    if SPLIT:
+        if part == 0:
+            for i in tl.static_range(BM // ROW_BM):
+                r = r0 + i * ROW_BM
+                _quantize_rows(_load_tile(x_ptr, M, K, stride, r, c0, ROW_BM, BK, ROW_VEC), r, c0, M, K, h_ptr,
+                               amax_ptr, ts_ptr, row_codes, row_scales, row_rand, row_seed,
+                               ROW_BM, BK, BR, BC, MX, MX_CEIL, ROW_RHT, ROW_SR, PHILOX, ONE_SIXTH)
+        else:
+            x = tl.trans(_load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC))
+            _quantize_rows(x, c0, r0, K, M, h_ptr, amax_ptr + 1, ts_ptr + 1, col_codes, col_scales, col_rand,
+                           col_seed, BK, BM, BR, BC, MX, MX_CEIL, COL_RHT, COL_SR, PHILOX, ONE_SIXTH)
+    else:
+        x = _load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC)
+        if ROW:
+            _quantize_rows(x, r0, c0, M, K, h_ptr, amax_ptr, ts_ptr, row_codes, row_scales, row_rand, row_seed,
+                           BM, BK, BR, BC, MX, MX_CEIL, ROW_RHT, ROW_SR, PHILOX, ONE_SIXTH)
+        if COL:
+            _quantize_rows(tl.trans(x), c0, r0, K, M, h_ptr, amax_ptr + 1, ts_ptr + 1, col_codes, col_scales,
+                           col_rand, col_seed, BK, BM, BR, BC, MX, MX_CEIL, COL_RHT, COL_SR, PHILOX, ONE_SIXTH)
 
 
 # ----------------------------------------------------------------------------- Python wrappers
@@ -387,24 +417,51 @@ def pairable(row_spec: QuantSpec, col_spec: QuantSpec) -> bool:
     return same and len(rhts) <= 1
 
 
-def _tile(k: int, element_size: int, row: bool, col_block: int | None, two_sr: bool) -> tuple[int, int, int, int]:
-    """``(BM, BK, VEC, num_warps)``, chosen by the tile sweep of ``experiments/bench/run.py`` on an
-    H100 (NOTES.md). Row-wise only: wide tiles (long contiguous loads and stores). With the
-    column-wise orientation, ``VEC`` columns per thread and ``BK = VEC · 32 · num_warps``, so that
-    each thread holds all ``BM`` rows of its columns, i.e. whole column blocks (``_load_tile``):
-    column-wise only, two blocks (``BM/2`` contiguous code bytes per column: 16 or 32), 2 columns;
-    both orientations, one block, 64 elements per thread (2 columns when both orientations draw
-    SR bits: registers). Fewer warps for narrow matrices; BK stays a multiple of every block width
-    and RHT size (16, 32)."""
+class Tile(NamedTuple):
+    """A launch shape of ``_quantize_kernel``: (BM, BK) tiles loaded ``vec`` contiguous elements
+    per thread by ``warps`` warps; ``split``: both orientations by two programs per tile."""
+
+    bm: int
+    bk: int
+    vec: int
+    warps: int
+    split: bool = False
+
+
+def _split_pays(row_spec: QuantSpec, col_spec: QuantSpec) -> bool:
+    """Whether both orientations are faster from two programs per tile (``Tile.split``) than from
+    one: measured on an H200 (NOTES.md v7), yes for 1×N blocks (x both 111 → 102 µs, MXFP4 both
+    129 → 76 µs, MXFP4 both with SR 209 → 153 µs at 8192×4096), except when both orientations
+    draw SR bits and one has an RHT (NVFP4 dy: 189 → 214 µs; that column-wise program needs all
+    255 registers, which the row-wise programs then get too); no for 16×16 blocks (62 → 75 µs)."""
+    two_sr_and_rht = row_spec.rounding == col_spec.rounding == "sr" and bool(row_spec.rht or col_spec.rht)
+    return row_spec.block_shape[0] == 1 and not two_sr_and_rht
+
+
+def _tile(k: int, element_size: int, row: bool, col_block: int | None, two_sr: bool, split: bool) -> Tile:
+    """The launch shape, chosen by the tile sweep of ``experiments/bench/run.py`` (NOTES.md).
+    Row-wise only: wide tiles (long contiguous loads and stores). With the column-wise
+    orientation, ``VEC`` columns per thread and ``BK = VEC · 32 · num_warps``, so that each thread
+    holds all ``BM`` rows of its columns, i.e. whole column blocks (``_load_tile``): column-wise
+    only, two blocks (``BM/2`` contiguous code bytes per column: 16 or 32), 2 columns; ``split``
+    (both orientations, two programs per tile), 32 rows, 2 columns; both orientations in one
+    program, one block, 64 elements per thread (2 columns when both orientations draw SR bits:
+    registers). Fewer warps for narrow matrices; BK stays a multiple of every block width and RHT
+    size (16, 32)."""
     if col_block is None:
         bm, bk, warps = _ROW_TILE
-        return bm, bk, 16 // element_size, warps
-    bm = col_block if row else 2 * col_block
-    vec = 2 if not row or two_sr else min(16 // element_size, _TILE_ELEMENTS_PER_THREAD // bm)
+        return Tile(bm, bk, 16 // element_size, warps)
+    if split:
+        bm, vec = max(col_block, 32), 2
+    elif row:
+        bm = col_block
+        vec = 2 if two_sr else min(16 // element_size, _TILE_ELEMENTS_PER_THREAD // bm)
+    else:
+        bm, vec = 2 * col_block, 2
     warps = 4
     while warps > 1 and vec * 32 * warps > k:
         warps //= 2
-    return bm, vec * 32 * warps, vec, warps
+    return Tile(bm, vec * 32 * warps, vec, warps, split)
 
 
 def _check(x: torch.Tensor, spec: QuantSpec, colwise: bool, rand: torch.Tensor | None, shape: tuple[int, int]) -> None:
@@ -428,7 +485,7 @@ def quantize_fp4_pair(
     seed: int | None = None,
     col_seed: int | None = None,
     amax: torch.Tensor | None = None,
-    tile: tuple[int, int, int, int] | None = None,
+    tile: Tile | tuple | None = None,
 ) -> tuple[QuantizedTensor | None, QuantizedTensor | None]:
     """``(quantize(x, row_spec), quantize(x_mat.T, col_spec))`` from one read of ``x`` (viewed
     as a matrix ``x_mat`` of shape (M, K)); either spec may be ``None`` to skip that orientation.
@@ -440,7 +497,7 @@ def quantize_fp4_pair(
     in-kernel Philox seeded with ``seed`` (default: the first spec's seed) and ``col_seed``
     for the column-wise stream (default ``seed + 1``). ``amax``: optional float32 ``(2,)``
     tensor amaxes (row, col) for NVFP4, e.g. from the producer of ``x``, which skips the amax
-    pass. ``tile``: ``(BM, BK, VEC, num_warps)`` instead of ``_tile``'s choice (benchmarks).
+    pass. ``tile``: a ``Tile`` (or its tuple) instead of ``_tile``'s choice (benchmarks).
     """
     specs = [s for s in (row_spec, col_spec) if s is not None]
     if not specs:
@@ -473,10 +530,14 @@ def quantize_fp4_pair(
         cc, cs = torch.empty(k, m // 2, dtype=u8, device=dev), torch.empty(k // br, m // bc, dtype=u8, device=dev)
     two_sr = all(s is not None and s.rounding == "sr" for s in (row_spec, col_spec))
     col_block = None if col_spec is None else col_spec.block_shape[1]
-    bm, bk, vec, warps = tile or _tile(k, x.element_size(), row_spec is not None, col_block, two_sr)
+    both = row_spec is not None and col_spec is not None
+    if tile is None:
+        tile = _tile(k, x.element_size(), row_spec is not None, col_block, two_sr, both and _split_pays(row_spec, col_spec))
+    bm, bk, vec, warps, split = Tile(*tile)
+    split = split and both
     if bm % br or (col_spec is not None and bm % col_spec.block_shape[1]) or bk % 32 or bk % (d or 1):
         raise ValueError(f"tile {(bm, bk)} must hold whole blocks ({first.block_shape}) and Hadamard groups ({d})")
-    grid = (triton.cdiv(m, bm) * triton.cdiv(k, bk),)
+    tiles = triton.cdiv(m, bm) * triton.cdiv(k, bk)
     row_d = (row_spec.rht or 0) if row_spec else 0
     col_d = (col_spec.rht or 0) if col_spec else 0
     reverse = not mx and amax is None  # the quantize pass follows an amax pass: walk back through L2
@@ -486,7 +547,7 @@ def quantize_fp4_pair(
         amax_buf = amax.to(torch.float32).view(torch.int32).reshape(2)
     else:
         amax_buf = torch.zeros(2, dtype=torch.int32, device=dev)
-        _amax_kernel[grid](
+        _amax_kernel[(tiles,)](
             xm, m, k, xm.stride(0), amax_buf, h, BM=bm, BK=bk, VEC=vec, num_warps=warps,
             ROW=row_spec is not None, COL=col_spec is not None, ROW_RHT=row_d, COL_RHT=col_d,
         )
@@ -498,11 +559,12 @@ def quantize_fp4_pair(
         raise ValueError("pass explicit random bits for every SR orientation, or for none (Philox)")
     dummy = _placeholder(dev, torch.int32)
     ts = torch.empty(2, dtype=torch.float32, device=dev)
-    _quantize_kernel[grid](
+    _quantize_kernel[(2 * tiles if split else tiles,)](
         xm, m, k, xm.stride(0), amax_buf, ts, h,
         rc, rs, row_rand if row_rand is not None else dummy, base_seed,
         cc, cs, col_rand if col_rand is not None else dummy, (base_seed + 1 if col_seed is None else col_seed) % _SEED_MOD,
-        BM=bm, BK=bk, VEC=vec, REVERSE=reverse, BR=br, BC=bc, MX=mx, MX_CEIL=first.mx_rule == "ceil",
+        BM=bm, BK=bk, VEC=vec, SPLIT=split, ROW_BM=max(br, min(bm, _ROW_ELEMENTS_PER_THREAD * 32 * warps // bk)),
+        ROW_VEC=16 // x.element_size(), REVERSE=reverse, BR=br, BC=bc, MX=mx, MX_CEIL=first.mx_rule == "ceil",
         ROW=row_spec is not None, COL=col_spec is not None, ROW_RHT=row_d, COL_RHT=col_d,
         ROW_SR=row_sr, COL_SR=col_sr, PHILOX=not explicit, ONE_SIXTH=_ONE_SIXTH,
         enable_fp_fusion=False, num_warps=warps,

@@ -72,6 +72,28 @@ def test_both_orientations_from_one_read(name):
     assert_same(k_col, quantize(x.reshape(96, 64).T.contiguous(), col, rand_bits=bits), f"{name} col")
 
 
+@pytest.mark.parametrize("name", ["nvfp4", "mxfp4_floor", "mxfp4_ceil"])
+def test_split_tiles_equal_one_program_tiles(name):
+    """Both orientations with SR from two programs per tile (``split``: the row-wise half in
+    sub-tiles of fewer rows) or from one: each equals the reference of its orientation with
+    explicit bits, and the two launch shapes draw the same Philox bits. 96 rows leave the last
+    tile of the MX split shape (64 rows) partly outside the matrix."""
+    x = torch.from_numpy(heavy_tailed(96, 128, seed=4)).to(torch.bfloat16)
+    rht = 16 if name == "nvfp4" else None
+    row, col = QuantSpec(**SPECS[name], rounding="sr"), QuantSpec(**SPECS[name], rounding="sr", rht=rht)
+    row_bits, col_bits = sr_bits((96, 128), seed=5), sr_bits((128, 96), seed=6)
+    block = 16 if name == "nvfp4" else 32
+    tiles = {"one program": (block, 128, 2, 2, False), "split": (2 * block, 128, 2, 2, True)}
+    philox = {}
+    for mode, tile in tiles.items():
+        k_row, k_col = quantize_fp4_pair(x, row, col, row_rand=row_bits, col_rand=col_bits, tile=tile)
+        assert_same(k_row, quantize(x, row, rand_bits=row_bits), f"{name} {mode} row")
+        assert_same(k_col, quantize(x.T.contiguous(), col, rand_bits=col_bits), f"{name} {mode} col")
+        philox[mode] = quantize_fp4_pair(x, row, col, seed=7, tile=tile)
+    for one, two in zip(*philox.values()):
+        assert_same(one, two, f"{name} Philox, split vs one program")
+
+
 def exactly_summable(rows: int, cols: int, seed: int) -> torch.Tensor:
     """Multiples of 1/8 below 16: every 16-term RHT sum is exact in float32 (and in bf16 inputs),
     so the kernel's summation order cannot matter."""
