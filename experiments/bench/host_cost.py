@@ -27,7 +27,6 @@ import triton.language as tl
 
 from fp4train.kernels.fp8 import quantize_fp8
 from fp4train.kernels.gemm import fp4_matmul, mx_fp8_matmul
-from fp4train.kernels.launch import launch
 from fp4train.kernels.mx_fp8 import mx_to_e4m3
 from fp4train.kernels.quantize import quantize_fp4_pair
 from fp4train.quant import QuantSpec, quantize
@@ -81,7 +80,6 @@ def ops() -> dict:
         "torch.empty (baseline)": lambda: torch.empty(256, 512, device="cuda"),
         "bf16 torch.mm 256×512×512 (baseline)": lambda: x @ w.T,
         "Triton launch of a one-argument kernel (baseline)": lambda: _noop_kernel[(1,)](x),
-        "the same through kernels.launch (compiled-kernel cache)": lambda: launch(_noop_kernel, (1,), x),
         "quantize_fp4_pair nvfp4 row": lambda: quantize_fp4_pair(x, nv, None),
         "quantize_fp4_pair nvfp4 row + col sr rht16": lambda: quantize_fp4_pair(x, nv_sr_rht, nv_sr_rht),
         "quantize_fp4_pair mxfp4 row": lambda: quantize_fp4_pair(x, mx, None),
