@@ -23,7 +23,6 @@ import triton.language as tl
 from fp4train.quant.api import QuantizedTensor
 from fp4train.quant.spec import QuantSpec
 
-from .launch import launch
 from .quantize import _amax_kernel, _fp8_rn, _load_tile, _placeholder, _tensor_scales, _tile_origin, indexable_by_int32
 
 __all__ = ["FP8_DTYPES", "fp8_quantize_supported", "quantize_fp8"]
@@ -113,8 +112,7 @@ def quantize_fp8(
     bm, bk, vec, warps = tile or _TILE
     grid = (triton.cdiv(m, bm) * triton.cdiv(k, bk),)
     amax = torch.zeros(1, dtype=torch.int32, device=dev)
-    launch(
-        _amax_kernel, grid,
+    _amax_kernel[grid](
         xm, m, k, xm.stride(0), amax, _placeholder(dev, torch.float32), BM=bm, BK=bk, VEC=vec, num_warps=warps,
         ROW=True, COL=False, ROW_RHT=0, COL_RHT=0,
     )
@@ -128,8 +126,7 @@ def quantize_fp8(
         return {"MAN": man, "BIAS": bias, "MAX": spec.format.element.max if spec else 448.0}
 
     row_kw, col_kw = fmt(row_spec), fmt(col_spec)
-    launch(
-        _fp8_kernel, grid,
+    _fp8_kernel[grid](
         xm, m, k, xm.stride(0), amax,
         rc if rc is not None else dummy_codes, rts if rts is not None else dummy_ts,
         cc if cc is not None else dummy_codes, cts if cts is not None else dummy_ts,

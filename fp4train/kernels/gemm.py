@@ -43,7 +43,6 @@ import triton.language as tl
 from fp4train.quant.api import QuantizedTensor
 
 from .fp8 import FP8_DTYPES
-from .launch import launch
 from .mx_fp8 import mx_to_e4m3
 from .quantize import _interpreting, _placeholder, indexable_by_int32
 
@@ -185,8 +184,7 @@ def dequantize_fp4(qt: QuantizedTensor) -> torch.Tensor:
     (r, k), (br, bc) = qt.padded, qt.spec.block_shape
     out = torch.empty(r, k, dtype=torch.bfloat16, device=qt.data.device)
     block_r, block_k = 32, 256
-    launch(
-        _dequant_kernel, (triton.cdiv(r, block_r), triton.cdiv(k, block_k)),
+    _dequant_kernel[(triton.cdiv(r, block_r), triton.cdiv(k, block_k))](
         qt.data, qt.scales, out, r, k, BLOCK_R=block_r, BLOCK_K=block_k, BR=br, BC=bc, MX=qt.spec.fmt == "mxfp4",
         num_warps=8,
     )
@@ -250,8 +248,7 @@ def _triton_gemm(
     dummy = _placeholder(a.data.device, torch.float32)
     a_exact, b_exact = exact or (dummy, dummy)
     grid = (triton.cdiv(mp, bm) * triton.cdiv(np_, bn),)
-    launch(
-        _gemm_kernel, grid,
+    _gemm_kernel[grid](
         a_in, a.scales, b_in, b.scales, c,
         a.tensor_scale if a.tensor_scale is not None else dummy,
         b.tensor_scale if b.tensor_scale is not None else dummy,

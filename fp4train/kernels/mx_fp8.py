@@ -43,7 +43,6 @@ from fp4train.quant.api import QuantizedTensor
 from fp4train.quant.blocks import expand_blocks
 from fp4train.quant.formats import _exp2, unpack_fp4
 
-from .launch import launch
 from .quantize import _interpreting
 
 __all__ = ["ROW_EXPONENT_LIMIT", "DEFAULT_CONFIG", "mx_to_e4m3", "mx_to_e4m3_reference", "mx_to_e4m3_triton"]
@@ -224,8 +223,7 @@ def mx_to_e4m3_triton(
     codes = torch.empty(r, k, dtype=torch.uint8, device=dev)
     row_scale = torch.empty(r, 1, dtype=torch.float32, device=dev)
     row_exact = torch.empty(k_programs, r, dtype=torch.bool, device=dev)
-    launch(
-        _mx_to_e4m3_kernel, (row_blocks, k_programs),
+    _mx_to_e4m3_kernel[(row_blocks, k_programs)](
         qt.data.contiguous(), qt.scales.contiguous(), _code_table(dev), codes.view(torch.int16), row_scale, row_exact,
         r, k, k_per_program,
         BLOCK_R=block_r, BLOCK_K=block_k, LIMIT=ROW_EXPONENT_LIMIT, J_MIN=_J_MIN, J_MAX=_J_MAX, num_warps=warps,
