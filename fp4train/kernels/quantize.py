@@ -541,16 +541,18 @@ def quantize_fp4_pair(
     row_d = (row_spec.rht or 0) if row_spec else 0
     col_d = (col_spec.rht or 0) if col_spec else 0
     reverse = not mx and amax is None  # the quantize pass follows an amax pass: walk back through L2
-    if mx:
-        amax_buf = torch.zeros(2, dtype=torch.int32, device=dev)
-    elif amax is not None:
-        amax_buf = amax.to(torch.float32).view(torch.int32).reshape(2)
+    if mx:  # no tensor scale: the kernel reads no amax and writes no decode scale
+        amax_buf, ts = _placeholder(dev, torch.int32), _placeholder(dev, torch.float32)
     else:
-        amax_buf = torch.zeros(2, dtype=torch.int32, device=dev)
-        _amax_kernel[(tiles,)](
-            xm, m, k, xm.stride(0), amax_buf, h, BM=bm, BK=bk, VEC=vec, num_warps=warps,
-            ROW=row_spec is not None, COL=col_spec is not None, ROW_RHT=row_d, COL_RHT=col_d,
-        )
+        ts = torch.empty(2, dtype=torch.float32, device=dev)
+        if amax is not None:
+            amax_buf = amax.to(torch.float32).view(torch.int32).reshape(2)
+        else:
+            amax_buf = torch.zeros(2, dtype=torch.int32, device=dev)
+            _amax_kernel[(tiles,)](
+                xm, m, k, xm.stride(0), amax_buf, h, BM=bm, BK=bk, VEC=vec, num_warps=warps,
+                ROW=row_spec is not None, COL=col_spec is not None, ROW_RHT=row_d, COL_RHT=col_d,
+            )
     base_seed = (first.seed if seed is None else seed) % _SEED_MOD
     row_sr = row_spec.sr_bits if row_spec is not None and row_spec.rounding == "sr" else 0
     col_sr = col_spec.sr_bits if col_spec is not None and col_spec.rounding == "sr" else 0
@@ -558,7 +560,6 @@ def quantize_fp4_pair(
     if explicit and ((row_sr and row_rand is None) or (col_sr and col_rand is None)):
         raise ValueError("pass explicit random bits for every SR orientation, or for none (Philox)")
     dummy = _placeholder(dev, torch.int32)
-    ts = torch.empty(2, dtype=torch.float32, device=dev)
     _quantize_kernel[(2 * tiles if split else tiles,)](
         xm, m, k, xm.stride(0), amax_buf, ts, h,
         rc, rs, row_rand if row_rand is not None else dummy, base_seed,
