@@ -28,7 +28,7 @@ from triton.testing import do_bench, do_bench_cudagraph
 
 import fp4train.kernels.dispatch as dispatch
 from fp4train.gemm import quantized_matmul
-from fp4train.kernels.gemm import DEFAULT_CONFIG, FUSED_CONFIG, _rowwise_out_dtypes, dequantize_fp4, fp4_matmul, fp8_matmul, mx_fp8_matmul
+from fp4train.kernels.gemm import DEFAULT_CONFIG, FUSED_CONFIG, TMA_CONFIG, _rowwise_out_dtypes, dequantize_fp4, fp4_matmul, fp8_matmul, mx_fp8_matmul
 from fp4train.kernels.mx_fp8 import mx_to_e4m3, mx_to_e4m3_reference
 from fp4train.kernels.fp8 import quantize_fp8
 from fp4train.kernels.quantize import quantize_fp4_pair
@@ -62,7 +62,8 @@ QUANT_VARIANTS = {  # name: (row spec, column spec)
     "fp8_e4m3 row + col (x both)": (E4, E4),
     "fp8_e5m2 row + col (dy both)": (E5, E5),
 }
-GEMM_CONFIGS = [DEFAULT_CONFIG, (128, 128, 64, 8, 4, 4), (128, 256, 64, 8, 8, 3), (256, 128, 64, 8, 8, 4), (256, 128, 128, 8, 8, 2)]
+GEMM_CONFIGS = [DEFAULT_CONFIG, (128, 256, 64, 8, 8, 3), (256, 128, 64, 8, 8, 4)]
+TMA_CONFIGS = [TMA_CONFIG, (256, 128, 64, 8, 8, 3), (128, 128, 64, 8, 4, 4), (128, 256, 64, 8, 8, 4), (128, 256, 64, 4, 8, 3)]
 COMPILED_REFERENCES = {"nvfp4 row rn (x fprop)": NV}  # mxfp4 compiled: 698 us in run 2 (NOTES.md), 100 s to compile
 
 
@@ -163,13 +164,13 @@ def _warm(job: tuple[str, str]) -> str:
                 col_rand=torch.zeros(512, 256, dtype=torch.int32, device="cuda") if col is not None and col.rounding == "sr" else None,
             )
         quantize_variant(x.float(), row, col)
-    elif kind == "gemm":
-        cfg = GEMM_CONFIGS[int(name)]
+    elif kind in ("gemm", "tma"):  # cublas=False: this small output would go to cuBLAS
+        cfg = (GEMM_CONFIGS if kind == "gemm" else TMA_CONFIGS)[int(name)]
         for sa, sb in ((NV, NV_2D), (MX, MX)):
             a = quantize(torch.randn(256, 512, device="cuda"), sa)
             b = quantize(torch.randn(256, 512, device="cuda"), sb)
-            fp4_matmul(a, b, torch.bfloat16, config=cfg)
-            if name == "0":
+            fp4_matmul(a, b, torch.bfloat16, config=cfg, cublas=False, tma=kind == "tma")
+            if kind == "gemm" and name == "0":
                 fp4_matmul(a, b, torch.bfloat16, fused=True)
     elif kind == "linear":
         from fp4train.linear import QuantLinear
@@ -187,6 +188,7 @@ def _warm(job: tuple[str, str]) -> str:
 
 def warm_caches(workers: int) -> None:
     jobs = [("quant", n) for n in QUANT_VARIANTS] + [("gemm", str(i)) for i in range(len(GEMM_CONFIGS))]
+    jobs += [("tma", str(i)) for i in range(len(TMA_CONFIGS))]
     jobs += [("linear", "nvfp4"), ("linear", "mxfp4"), ("linear", "fp8")] + [("compile", n) for n in COMPILED_REFERENCES]
     with mp.get_context("spawn").Pool(workers) as pool:
         for msg in pool.imap_unordered(_warm, jobs):
@@ -381,9 +383,13 @@ def time_gemms() -> list[dict]:
     rows = [{"gemm": "bf16 torch.matmul", "ms": t_bf16, "TFLOP/s": flop / t_bf16 / 1e9, "vs_bf16": 1.0}]
     for name, (sa, sb) in {"nvfp4 x nvfp4-16x16": (NV, NV_2D), "mxfp4 x mxfp4": (MX, MX)}.items():
         qa, qb = quantize(x, sa), quantize(w, sb)
-        for cfg in GEMM_CONFIGS:
-            t = gpu_ms(lambda: fp4_matmul(qa, qb, torch.bfloat16, config=cfg))
-            rows.append({"gemm": f"{name} dequant + Triton GEMM {cfg}", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
+        variants = {f"{name} default path (fp4_matmul)": {}}
+        if name.startswith("nvfp4"):  # MXFP4's default is cuBLAS: no tensor-scale epilogue
+            variants.update({f"{name} dequant + Triton GEMM {cfg}": dict(config=cfg, tma=False) for cfg in GEMM_CONFIGS})
+            variants.update({f"{name} dequant + persistent TMA Triton GEMM {cfg}": dict(config=cfg, tma=True) for cfg in TMA_CONFIGS})
+        for label, kw in variants.items():
+            t = gpu_ms(lambda: fp4_matmul(qa, qb, torch.bfloat16, **kw))
+            rows.append({"gemm": label, "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
             log(f"gemm {rows[-1]['gemm']}: {t:.3f} ms")
         t = gpu_ms(lambda: fp4_matmul(qa, qb, torch.bfloat16, fused=True))
         rows.append({"gemm": f"{name} fused Triton GEMM {FUSED_CONFIG}", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})

@@ -52,6 +52,7 @@ _FP4_FORMATS = ("nvfp4", "mxfp4")
 # (BM, BN, BK, GROUP_M, num_warps, num_stages); BK a multiple of every block width (16, 32)
 DEFAULT_CONFIG = (256, 128, 64, 8, 8, 3)  # bf16 operands (dequantized first): best of four on H100
 FUSED_CONFIG = (128, 128, 64, 8, 4, 4)  # fused dequantization: best of four on H100 (NOTES.md v1)
+TMA_CONFIG = (128, 256, 64, 8, 8, 3)  # the persistent TMA kernel: Triton's tutorial for Hopper
 
 
 @triton.jit
@@ -116,6 +117,16 @@ def _dequant_kernel(codes_ptr, scales_ptr, out_ptr, R, K, BLOCK_R: tl.constexpr,
 
 
 @triton.jit
+def _grouped_tile(tile, n_m, n_n, GROUP_M: tl.constexpr):
+    """``(pid_m, pid_n)`` of output tile number ``tile`` of an ``n_m × n_n`` grid in grouped
+    order: ``GROUP_M`` row bands at a time walk the columns, so the B tiles they share stay in L2."""
+    group = tile // (GROUP_M * n_n)
+    first_m = group * GROUP_M
+    size_m = tl.minimum(n_m - first_m, GROUP_M)
+    return first_m + (tile % (GROUP_M * n_n)) % size_m, (tile % (GROUP_M * n_n)) // size_m
+
+
+@triton.jit
 def _gemm_kernel(
     a_ptr, a_scales, b_ptr, b_scales, c_ptr, ta_ptr, tb_ptr, a_exact_ptr, b_exact_ptr, M, N, K,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, FUSED: tl.constexpr, FIXUP: tl.constexpr,
@@ -128,13 +139,7 @@ def _gemm_kernel(
     registers; else they hold ``A'``/``B'`` in bf16 (``_dequant_kernel``). Grouped program order
     for L2 reuse. ``FIXUP``: only the tiles with a row of ``A`` or ``B`` whose flag at
     ``a_exact_ptr``/``b_exact_ptr`` is False are computed and stored; the others exit."""
-    pid = tl.program_id(0)
-    n_m, n_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
-    group = pid // (GROUP_M * n_n)
-    first_m = group * GROUP_M
-    size_m = tl.minimum(n_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * n_n)) % size_m
-    pid_n = (pid % (GROUP_M * n_n)) // size_m
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN), GROUP_M)
     rows_a = pid_m * BM + tl.arange(0, BM)
     rows_b = pid_n * BN + tl.arange(0, BN)
     if FIXUP:
@@ -160,6 +165,35 @@ def _gemm_kernel(
         acc = acc * tl.load(tb_ptr)
     mask = (rows_a[:, None] < M) & (rows_b[None, :] < N)
     tl.store(c_ptr + rows_a[:, None] * N + rows_b[None, :], acc.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gemm_tma_kernel(
+    a_ptr, b_ptr, c_ptr, ta_ptr, tb_ptr, M, N, K, programs,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+    HAS_TA: tl.constexpr, HAS_TB: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):
+    """``_gemm_kernel``'s bf16 path (``A'``, ``B'`` from ``_dequant_kernel``; ``C = ((A' B'ᵀ) · t_a)
+    · t_b``) as a persistent kernel: ``programs`` programs (one per SM) walk the output tiles in
+    grouped order, and operand and output tiles move by TMA (Hopper's bulk copy engine, from
+    tensor descriptors made on the device: out-of-range reads give zeros, stores are clipped), as
+    in Triton's persistent matmul tutorial."""
+    a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1], block_shape=[BM, BK])
+    b_desc = tl.make_tensor_descriptor(b_ptr, shape=[N, K], strides=[K, 1], block_shape=[BN, BK])
+    c_desc = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[N, 1], block_shape=[BM, BN])
+    n_m, n_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
+    for tile in tl.range(tl.program_id(0), n_m * n_n, programs, flatten=True):
+        pid_m, pid_n = _grouped_tile(tile, n_m, n_n, GROUP_M)
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            a = a_desc.load([pid_m * BM, k0])
+            b = b_desc.load([pid_n * BN, k0])
+            acc = tl.dot(a.to(DOT_DTYPE), tl.trans(b.to(DOT_DTYPE)), acc, input_precision="ieee")
+        if HAS_TA:
+            acc = acc * tl.load(ta_ptr)
+        if HAS_TB:
+            acc = acc * tl.load(tb_ptr)
+        c_desc.store([pid_m * BM, pid_n * BN], acc.to(c_desc.dtype))
 
 
 def fp4_supported(a: QuantizedTensor, b: QuantizedTensor) -> bool:
@@ -198,6 +232,7 @@ def fp4_matmul(
     config: tuple[int, int, int, int, int, int] | None = None,
     fused: bool = False,
     cublas: bool | None = None,
+    tma: bool | None = None,
 ) -> torch.Tensor:
     """``quantized_matmul(a, b, out_dtype)`` for FP4 operands (see ``fp4_supported``): ``A Bᵀ``
     cropped to the unpadded (M, N). Each operand is dequantized once to bf16 (``dequantize_fp4``,
@@ -206,7 +241,9 @@ def fp4_matmul(
     after, or ``_gemm_kernel`` (Triton) does it with the scales in its epilogue. ``cublas=None``
     picks cuBLAS on a GPU when there are no tensor scales (MXFP4) or when the output has fewer
     Triton tiles than the GPU has SMs (cuBLAS splits K), Triton otherwise (NVFP4) and under
-    ``TRITON_INTERPRET``. ``fused=True`` dequantizes per tile inside the Triton GEMM (no bf16
+    ``TRITON_INTERPRET``. The Triton GEMM of the bf16 copies is the persistent TMA kernel
+    (``_gemm_tma_kernel``) where the output rows are 16-byte aligned (``tma=None``), else
+    ``_gemm_kernel``. ``fused=True`` dequantizes per tile inside ``_gemm_kernel`` (no bf16
     copies, each tile decoded N/BN times)."""
     if not fp4_supported(a, b):
         raise ValueError(
@@ -215,7 +252,9 @@ def fp4_matmul(
             f"{b.spec.fmt} {b.padded} block {b.spec.block_shape}"
         )
     (mp, k), (np_, _) = a.padded, b.padded
-    bm, bn, bk, group_m, warps, stages = config or (FUSED_CONFIG if fused else DEFAULT_CONFIG)
+    if tma is None:
+        tma = not fused and np_ * out_dtype.itemsize % 16 == 0
+    bm, bn, bk, group_m, warps, stages = config or (FUSED_CONFIG if fused else TMA_CONFIG if tma else DEFAULT_CONFIG)
     a_in, b_in = (a.data, b.data) if fused else (dequantize_fp4(a), dequantize_fp4(b))
     m, n = a.shape[:-1].numel(), b.shape[:-1].numel()
     if cublas is None:  # measured (NOTES.md): cuBLAS wins without an epilogue, Triton's fused one with,
@@ -231,8 +270,40 @@ def fp4_matmul(
                 c.mul_(t)
         return c[:m, :n].to(out_dtype)
     c = torch.empty(mp, np_, dtype=out_dtype, device=a.data.device)
-    _triton_gemm(a, b, a_in, b_in, c, (bm, bn, bk, group_m, warps, stages), fused)
+    if tma:
+        _tma_gemm(a, b, a_in, b_in, c, (bm, bn, bk, group_m, warps, stages))
+    else:
+        _triton_gemm(a, b, a_in, b_in, c, (bm, bn, bk, group_m, warps, stages), fused)
     return c[:m, :n]
+
+
+def _descriptor_scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    """Memory for the tensor descriptors a kernel makes on the device (Triton's allocator hook)."""
+    return torch.empty(size, dtype=torch.int8, device="cpu" if _interpreting() else "cuda")
+
+
+def _tma_gemm(
+    a: QuantizedTensor, b: QuantizedTensor, a_in: torch.Tensor, b_in: torch.Tensor, c: torch.Tensor,
+    config: tuple[int, int, int, int, int, int],
+) -> None:
+    """``_gemm_tma_kernel`` writing the padded (M, N) ``c`` from the bf16 ``dequantize_fp4``
+    copies; one program per SM (4 under the interpreter). Sets Triton's allocator, which the
+    descriptors made on the device need, to PyTorch's."""
+    (mp, k), (np_, _) = a.padded, b.padded
+    bm, bn, bk, group_m, warps, stages = config
+    tiles = triton.cdiv(mp, bm) * triton.cdiv(np_, bn)
+    programs = min(tiles, 4 if _interpreting() else _sm_count(c.device))
+    dummy = _placeholder(c.device, torch.float32)
+    triton.set_allocator(_descriptor_scratch)
+    _gemm_tma_kernel[(programs,)](
+        a_in, b_in, c,
+        a.tensor_scale if a.tensor_scale is not None else dummy,
+        b.tensor_scale if b.tensor_scale is not None else dummy,
+        mp, np_, k, programs, BM=bm, BN=bn, BK=bk, GROUP_M=group_m,
+        HAS_TA=a.tensor_scale is not None, HAS_TB=b.tensor_scale is not None,
+        DOT_DTYPE=tl.float32 if _interpreting() else tl.bfloat16,
+        num_warps=warps, num_stages=stages,
+    )
 
 
 def _triton_gemm(

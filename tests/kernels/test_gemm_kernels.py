@@ -24,19 +24,42 @@ def operands(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     return a, b
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["dequant_then_gemm", "fused"])
+PATHS = {  # fp4_matmul keywords of each Triton path
+    "dequant_then_persistent_tma_gemm": dict(tma=True),
+    "dequant_then_gemm": dict(tma=False),
+    "fused": dict(fused=True),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("name", PAIRS)
-def test_fp4_gemm_matches_reference(name, out_dtype, fused):
-    a, b = operands(48, 80, 192, seed=0)  # M, N not multiples of the tile: masked edges
+def test_fp4_gemm_matches_reference(name, out_dtype, path):
+    """M, N not multiples of the tile (masked edges / clipped TMA stores); 6 output tiles on the
+    4 persistent programs of the interpreter, so some programs take two."""
+    a, b = operands(48, 80, 192, seed=0)
     sa, sb = PAIRS[name]
     qa, qb = quantize(a, sa), quantize(b, sb)
-    out = fp4_matmul(qa, qb, out_dtype, config=SMALL, fused=fused)
+    out = fp4_matmul(qa, qb, out_dtype, config=SMALL, **PATHS[path])
     ref = quantized_matmul(qa, qb, out_dtype=torch.float32)
     assert out.shape == ref.shape and out.dtype == out_dtype
     tol = 1e-6 if out_dtype == torch.float32 else 8e-3
     err = (out.float() - ref).norm() / ref.norm()
     assert err < tol, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("n, out_dtype, tma", [(80, torch.bfloat16, True), (36, torch.bfloat16, False), (36, torch.float32, True)])
+def test_persistent_tma_gemm_only_where_output_rows_are_16_byte_aligned(monkeypatch, n, out_dtype, tma):
+    """TMA needs 16-byte row strides: a bf16 output of 36 columns (72 bytes) goes to the grid kernel."""
+    import fp4train.kernels.gemm as gemm
+
+    used = []
+    monkeypatch.setattr(gemm, "_tma_gemm", lambda *args: used.append("tma") or gemm._triton_gemm(*args, fused=False))
+    a, b = operands(32, n, 64, seed=5)
+    qa, qb = quantize(a, QuantSpec("nvfp4")), quantize(b, QuantSpec("nvfp4"))
+    out = fp4_matmul(qa, qb, out_dtype, config=SMALL)
+    assert used == (["tma"] if tma else [])
+    assert torch.allclose(out.float(), quantized_matmul(qa, qb).to(out_dtype).float(), rtol=1e-2)
 
 
 def test_fixup_recomputes_exactly_the_tiles_of_flagged_rows():
