@@ -7,15 +7,17 @@ in FP32; the tensor scales are applied at the end, ``(acc · t_a) · t_b``, in t
 order. The result differs from the reference only by the FP32 summation order (not bit for bit:
 neither torch's CPU matmul nor the tensor cores fix an order).
 
-Two ways to feed the tensor cores, one kernel (``_gemm_kernel``, constexpr ``FUSED``):
+Two ways to feed the tensor cores:
 * default: ``_dequant_kernel`` writes ``A'`` and ``B'`` once as bf16 (memory-bound, ~10% of the GEMM
-  at 8192×4096×4096), then a plain bf16 GEMM with the scale epilogue (for MXFP4 with bf16 output,
-  which has no epilogue, cuBLAS's bf16 GEMM through ``torch.matmul``). Hopper has no FP4 MMA, and
-  decoding in the GEMM's inner loop repeats each tile's decode N/BN times, which costs more ALU
-  time than the MMAs (NOTES.md).
-* ``fused=True``: packed codes and scales are loaded and decoded per tile in registers (no bf16
-  copies). The K loop runs over even and odd elements separately (low and high nibbles): two dots
-  over ``BK/2`` columns each, a permutation of K that only changes the rounding order.
+  at 8192×4096×4096), then a bf16 GEMM with the scale epilogue: the persistent TMA kernel
+  ``_gemm_tma_kernel`` (as fast as cuBLAS's bf16 GEMM on the H200, NOTES.md v7), or the grid
+  kernel ``_gemm_kernel`` where TMA's 16-byte row alignment fails, or cuBLAS where the output has
+  too few tiles to fill the GPU. Hopper has no FP4 MMA, and decoding in the GEMM's inner loop
+  repeats each tile's decode N/BN times, which costs more ALU time than the MMAs (NOTES.md).
+* ``fused=True``: packed codes and scales are loaded and decoded per tile in registers by
+  ``_gemm_kernel`` (no bf16 copies). The K loop runs over even and odd elements separately (low
+  and high nibbles): two dots over ``BK/2`` columns each, a permutation of K that only changes the
+  rounding order.
 
 Under ``TRITON_INTERPRET=1`` (the CPU tests) the operands go to the dot as float32 — the same
 exact values — because the interpreter of Triton 3.9 computes bf16 dots wrongly (NumPy has no
@@ -238,12 +240,11 @@ def fp4_matmul(
     cropped to the unpadded (M, N). Each operand is dequantized once to bf16 (``dequantize_fp4``,
     exact); then either cuBLAS multiplies into an FP32 output (``torch.mm(..., out_dtype=float32)``:
     exact products, FP32 accumulation, no intermediate rounding) and the tensor scales are applied
-    after, or ``_gemm_kernel`` (Triton) does it with the scales in its epilogue. ``cublas=None``
-    picks cuBLAS on a GPU when there are no tensor scales (MXFP4) or when the output has fewer
-    Triton tiles than the GPU has SMs (cuBLAS splits K), Triton otherwise (NVFP4) and under
-    ``TRITON_INTERPRET``. The Triton GEMM of the bf16 copies is the persistent TMA kernel
+    after, or Triton does it with the scales in its epilogue: the persistent TMA kernel
     (``_gemm_tma_kernel``) where the output rows are 16-byte aligned (``tma=None``), else
-    ``_gemm_kernel``. ``fused=True`` dequantizes per tile inside ``_gemm_kernel`` (no bf16
+    ``_gemm_kernel``. ``cublas=None`` picks cuBLAS on a GPU when the output has fewer Triton
+    tiles than the GPU has SMs (cuBLAS splits K) or when there are neither tensor scales (MXFP4)
+    nor TMA, Triton otherwise and under ``TRITON_INTERPRET``. ``fused=True`` dequantizes per tile inside ``_gemm_kernel`` (no bf16
     copies, each tile decoded N/BN times)."""
     if not fp4_supported(a, b):
         raise ValueError(
@@ -257,12 +258,13 @@ def fp4_matmul(
     bm, bn, bk, group_m, warps, stages = config or (FUSED_CONFIG if fused else TMA_CONFIG if tma else DEFAULT_CONFIG)
     a_in, b_in = (a.data, b.data) if fused else (dequantize_fp4(a), dequantize_fp4(b))
     m, n = a.shape[:-1].numel(), b.shape[:-1].numel()
-    if cublas is None:  # measured (NOTES.md): cuBLAS wins without an epilogue, Triton's fused one with,
-        # unless the output has too few tiles to fill the GPU (Wgrad: small M×N, long K), where
-        # cuBLAS splits K and the Triton kernel leaves most SMs idle
+    if cublas is None:  # measured (NOTES.md): the TMA kernel matches cuBLAS's bf16 GEMM and writes
+        # bf16 directly; cuBLAS (FP32 out, then a cast) beats the grid kernel without tensor
+        # scales; and cuBLAS splits K where the output has too few tiles to fill the GPU
+        # (Wgrad: small M×N, long K), where a Triton kernel leaves most SMs idle
         few_tiles = a.data.is_cuda and triton.cdiv(mp, bm) * triton.cdiv(np_, bn) < _sm_count(a.data.device)
         no_scales = a.tensor_scale is None and b.tensor_scale is None
-        cublas = a.data.is_cuda and not _interpreting() and (no_scales or few_tiles)
+        cublas = a.data.is_cuda and not _interpreting() and (few_tiles or (no_scales and not tma))
     if cublas and not fused:
         c = torch.mm(a_in, b_in.T, out_dtype=torch.float32)
         for t in (a.tensor_scale, b.tensor_scale):  # in the reference's order: (C·t_a)·t_b
