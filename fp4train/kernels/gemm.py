@@ -255,7 +255,10 @@ def fp4_matmul(
     (mp, k), (np_, _) = a.padded, b.padded
     if tma is None:
         tma = not fused and np_ * out_dtype.itemsize % 16 == 0
-    bm, bn, bk, group_m, warps, stages = config or (FUSED_CONFIG if fused else TMA_CONFIG if tma else DEFAULT_CONFIG)
+    if config is None and tma:
+        config = _tma_config(out_dtype, a.data.device)
+        tma = config is not None
+    bm, bn, bk, group_m, warps, stages = config or (FUSED_CONFIG if fused else DEFAULT_CONFIG)
     a_in, b_in = (a.data, b.data) if fused else (dequantize_fp4(a), dequantize_fp4(b))
     m, n = a.shape[:-1].numel(), b.shape[:-1].numel()
     if cublas is None:  # measured (NOTES.md): the TMA kernel matches cuBLAS's bf16 GEMM and writes
@@ -277,6 +280,24 @@ def fp4_matmul(
     else:
         _triton_gemm(a, b, a_in, b_in, c, (bm, bn, bk, group_m, warps, stages), fused)
     return c[:m, :n]
+
+
+_SHARED_MEMORY: dict[torch.device, int] = {}
+
+
+def _tma_config(out_dtype: torch.dtype, device: torch.device) -> tuple[int, int, int, int, int, int] | None:
+    """``TMA_CONFIG`` with as many pipeline stages (at most its own) as fit the device's shared
+    memory: ``stages · (BM + BN) · BK`` bf16 operand tiles plus the ``BM × BN`` output tile of the
+    TMA store (an FP32 output needs twice a bf16 one's); ``None`` if not even two stages fit."""
+    if _interpreting():
+        return TMA_CONFIG
+    if device not in _SHARED_MEMORY:
+        _SHARED_MEMORY[device] = triton.runtime.driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
+    bm, bn, bk, group_m, warps, stages = TMA_CONFIG
+    output = bm * bn * out_dtype.itemsize
+    while stages >= 2 and stages * (bm + bn) * bk * 2 + output + 1024 > _SHARED_MEMORY[device]:
+        stages -= 1
+    return (bm, bn, bk, group_m, warps, stages) if stages >= 2 else None
 
 
 def _descriptor_scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:

@@ -107,3 +107,18 @@ def test_unsupported_operands_are_refused():
     assert not fp4_supported(a, f8) and not fp8_supported(f8, f8)
     with pytest.raises(ValueError, match="fp8_e5m2"):
         fp4_matmul(a, f8)
+
+
+def test_tma_config_drops_pipeline_stages_to_fit_shared_memory(monkeypatch):
+    """An FP32 output tile takes twice the shared memory of a bf16 one: on a Hopper GPU (227 KiB)
+    the persistent kernel keeps 3 stages for bf16 output, 2 for FP32; with too little shared
+    memory for two stages the grid kernel is used."""
+    import fp4train.kernels.gemm as gemm
+
+    dev = torch.device("cuda", 0)
+    monkeypatch.setattr(gemm, "_interpreting", lambda: False)
+    monkeypatch.setattr(gemm, "_SHARED_MEMORY", {dev: 232448})
+    assert gemm._tma_config(torch.bfloat16, dev)[-1] == 3
+    assert gemm._tma_config(torch.float32, dev)[-1] == 2
+    monkeypatch.setattr(gemm, "_SHARED_MEMORY", {dev: 101376})
+    assert gemm._tma_config(torch.float32, dev) is None
