@@ -243,8 +243,9 @@ def fp4_matmul(
     after, or Triton does it with the scales in its epilogue: the persistent TMA kernel
     (``_gemm_tma_kernel``) where the output rows are 16-byte aligned (``tma=None``), else
     ``_gemm_kernel``. ``cublas=None`` picks cuBLAS on a GPU when the output has fewer Triton
-    tiles than the GPU has SMs (cuBLAS splits K) or when there are neither tensor scales (MXFP4)
-    nor TMA, Triton otherwise and under ``TRITON_INTERPRET``. ``fused=True`` dequantizes per tile inside ``_gemm_kernel`` (no bf16
+    tiles than the GPU has SMs (cuBLAS splits K), or when there are no tensor scales (MXFP4) and
+    the output is FP32 or TMA is not possible; Triton otherwise and under ``TRITON_INTERPRET``.
+    ``fused=True`` dequantizes per tile inside ``_gemm_kernel`` (no bf16
     copies, each tile decoded N/BN times)."""
     if not fp4_supported(a, b):
         raise ValueError(
@@ -261,13 +262,15 @@ def fp4_matmul(
     bm, bn, bk, group_m, warps, stages = config or (FUSED_CONFIG if fused else DEFAULT_CONFIG)
     a_in, b_in = (a.data, b.data) if fused else (dequantize_fp4(a), dequantize_fp4(b))
     m, n = a.shape[:-1].numel(), b.shape[:-1].numel()
-    if cublas is None:  # measured (NOTES.md): the TMA kernel matches cuBLAS's bf16 GEMM and writes
-        # bf16 directly; cuBLAS (FP32 out, then a cast) beats the grid kernel without tensor
-        # scales; and cuBLAS splits K where the output has too few tiles to fill the GPU
-        # (Wgrad: small M×N, long K), where a Triton kernel leaves most SMs idle
+    if cublas is None:  # measured (NOTES.md v7): without tensor scales (MXFP4) cuBLAS writes an FP32
+        # output directly and beats the Triton kernels there (TMA's FP32 output tile halves its
+        # pipeline) and where TMA is not possible; for bf16 outputs the TMA kernel beats cuBLAS's
+        # FP32 output and cast; cuBLAS splits K where the output has too few tiles to fill the
+        # GPU (Wgrad: small M×N, long K), where a Triton kernel leaves most SMs idle
         few_tiles = a.data.is_cuda and triton.cdiv(mp, bm) * triton.cdiv(np_, bn) < _sm_count(a.data.device)
         no_scales = a.tensor_scale is None and b.tensor_scale is None
-        cublas = a.data.is_cuda and not _interpreting() and (few_tiles or (no_scales and not tma))
+        fp32_out = out_dtype == torch.float32
+        cublas = a.data.is_cuda and not _interpreting() and (few_tiles or (no_scales and (fp32_out or not tma)))
     if cublas and not fused:
         c = torch.mm(a_in, b_in.T, out_dtype=torch.float32)
         for t in (a.tensor_scale, b.tensor_scale):  # in the reference's order: (C·t_a)·t_b
