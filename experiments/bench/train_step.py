@@ -106,15 +106,22 @@ def bench(name: str, recipe: str, steps: int, profile: bool = False) -> dict:
 
 
 def markdown(rows: list[dict], device: str) -> str:
+    """The table; with ``--profile`` also each step's GPU busy time (the sum of its kernels' times),
+    which shows whether the step is bound by the GPU or by the host."""
+    busy = all("gpu_busy_ms" in r for r in rows)
     lines = [f"Training step per recipe on {device} (torch {torch.__version__}); every block linear quantized.", "",
-             "| model | recipe | quantized linears | step ms | × bf16 time | items/s | peak GiB | × bf16 memory |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| model | recipe | quantized linears | step ms | × bf16 time | items/s | peak GiB | × bf16 memory |"
+             + (" GPU busy ms | × bf16 GPU busy |" if busy else ""),
+             "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if busy else "")]
     for r in rows:
         base = next(b for b in rows if b["model"] == r["model"] and b["recipe"] == "bf16")
         items = next(v for k, v in r.items() if k.endswith("_per_s"))
-        lines.append(f"| {r['model']} | {r['recipe']} | {r['quantized_linears']} | {r['step_ms']:.1f} | "
-                     f"{r['step_ms'] / base['step_ms']:.2f} | {items:,.0f} | {r['peak_gib']:.2f} | "
-                     f"{r['peak_gib'] / base['peak_gib']:.2f} |")
+        line = (f"| {r['model']} | {r['recipe']} | {r['quantized_linears']} | {r['step_ms']:.1f} | "
+                f"{r['step_ms'] / base['step_ms']:.2f} | {items:,.0f} | {r['peak_gib']:.2f} | "
+                f"{r['peak_gib'] / base['peak_gib']:.2f} |")
+        if busy:
+            line += f" {r['gpu_busy_ms']:.1f} | {r['gpu_busy_ms'] / base['gpu_busy_ms']:.2f} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
