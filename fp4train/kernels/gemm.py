@@ -245,8 +245,8 @@ def fp4_matmul(
     ``_gemm_kernel``. ``cublas=None`` picks cuBLAS on a GPU when the output has fewer Triton
     tiles than the GPU has SMs (cuBLAS splits K), or when there are no tensor scales (MXFP4) and
     the output is FP32 or TMA is not possible; Triton otherwise and under ``TRITON_INTERPRET``.
-    ``fused=True`` dequantizes per tile inside ``_gemm_kernel`` (no bf16
-    copies, each tile decoded N/BN times)."""
+    ``fused=True`` dequantizes per tile inside ``_gemm_kernel`` (no bf16 copies, each tile
+    decoded N/BN times)."""
     if not fp4_supported(a, b):
         raise ValueError(
             f"fp4_matmul needs NVFP4/MXFP4 operands with blocks of width 16/32 and equal padded K "
@@ -298,7 +298,7 @@ def _tma_config(out_dtype: torch.dtype, device: torch.device) -> tuple[int, int,
         _SHARED_MEMORY[device] = triton.runtime.driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
     bm, bn, bk, group_m, warps, stages = TMA_CONFIG
     output = bm * bn * out_dtype.itemsize
-    while stages >= 2 and stages * (bm + bn) * bk * 2 + output + 1024 > _SHARED_MEMORY[device]:
+    while stages >= 2 and stages * (bm + bn) * bk * 2 + output + 1024 > _SHARED_MEMORY[device]:  # + barriers
         stages -= 1
     return (bm, bn, bk, group_m, warps, stages) if stages >= 2 else None
 

@@ -37,8 +37,8 @@ __all__ = ["supports", "pairable", "quantize_fp4", "quantize_fp4_pair"]
 
 _ONE_SIXTH = float(_FP4_MAX_RECIPROCAL)  # fp32(1/6), exactly as the reference multiplies
 _ROW_TILE = (32, 256, 8)  # (BM, BK, num_warps) when only the row-wise orientation is written
-_TILE_ELEMENTS_PER_THREAD = 64  # tiles with both orientations: BM × VEC per thread
-_ROW_ELEMENTS_PER_THREAD = 32  # the row-wise half of a split tile: more spills registers
+_TILE_ELEMENTS_PER_THREAD = 64  # both orientations in one program: BM × VEC per thread
+_ROW_ELEMENTS_PER_THREAD = 32  # the row-wise program of a split tile (64 spilled registers)
 _SUPPORTED_BLOCKS = {"nvfp4": ((1, 16), (16, 16)), "mxfp4": ((1, 32),)}
 _RHT_SIZES = (16, 32)
 
