@@ -387,8 +387,14 @@ def time_gemms() -> list[dict]:
         if name.startswith("nvfp4"):
             variants.update({f"{name} dequant + Triton GEMM {cfg}": dict(config=cfg, tma=False) for cfg in GEMM_CONFIGS})
             variants.update({f"{name} dequant + persistent TMA Triton GEMM {cfg}": dict(config=cfg, tma=True) for cfg in TMA_CONFIGS})
+        # FP32 outputs (Wgrad, Fprop with a bias): the TMA kernel stores its output tile in halves
+        variants.update({f"{name} FP32 output, default path": dict(out_dtype=torch.float32),
+                         f"{name} FP32 output, dequant + cuBLAS": dict(out_dtype=torch.float32, cublas=True),
+                         f"{name} FP32 output, dequant + persistent TMA Triton GEMM": dict(out_dtype=torch.float32, cublas=False, tma=True),
+                         f"{name} FP32 output, dequant + Triton GEMM": dict(out_dtype=torch.float32, cublas=False, tma=False)})
         for label, kw in variants.items():
-            t = gpu_ms(lambda: fp4_matmul(qa, qb, torch.bfloat16, **kw))
+            kw = {"out_dtype": torch.bfloat16, **kw}
+            t = gpu_ms(lambda: fp4_matmul(qa, qb, **kw))
             rows.append({"gemm": label, "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
             log(f"gemm {rows[-1]['gemm']}: {t:.3f} ms")
         t = gpu_ms(lambda: fp4_matmul(qa, qb, torch.bfloat16, fused=True))
@@ -483,7 +489,7 @@ def markdown(res: dict) -> str:
     lines += ["\n## Quantize pass alone (NVFP4 amax given) per tile (BM, BK, VEC, num_warps[, split]); first = default\n",
               "| variant | tile | GPU µs | of copy BW |", "|---|---|---|---|"]
     lines += [f"| {r['variant']} | {tuple(r['tile'])} | {r['gpu_ms'] * 1e3:.0f} | {r['frac_copy_bw']:.0%} |" for r in res["tiles"]]
-    lines += ["\n## GEMM 8192×4096×4096 (M×N×K), bf16 output, GPU time (CUDA graph)\n", "| GEMM | ms | TFLOP/s | speed vs bf16 |", "|---|---|---|---|"]
+    lines += ["\n## GEMM 8192×4096×4096 (M×N×K), bf16 output unless stated, GPU time (CUDA graph)\n", "| GEMM | ms | TFLOP/s | speed vs bf16 |", "|---|---|---|---|"]
     lines += [f"| {r['gemm']} | {r['ms']:.3f} | {r['TFLOP/s']:.0f} | {r['vs_bf16']:.2f} |" for r in res["gemm"]]
     lines += ["\n## Linear fwd + bwd (eager wall time; GPU = sum of kernel times); time vs bf16 nn.Linear of the same shape\n",
               "| layer | eager ms | GPU ms | time vs bf16 (eager) | time vs bf16 (GPU) |", "|---|---|---|---|---|"]

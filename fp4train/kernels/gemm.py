@@ -173,16 +173,18 @@ def _gemm_kernel(
 def _gemm_tma_kernel(
     a_ptr, b_ptr, c_ptr, ta_ptr, tb_ptr, M, N, K, programs,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-    HAS_TA: tl.constexpr, HAS_TB: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    HAS_TA: tl.constexpr, HAS_TB: tl.constexpr, DOT_DTYPE: tl.constexpr, SUBTILES: tl.constexpr,
 ):
     """``_gemm_kernel``'s bf16 path (``A'``, ``B'`` from ``_dequant_kernel``; ``C = ((A' B'ᵀ) · t_a)
     · t_b``) as a persistent kernel: ``programs`` programs (one per SM) walk the output tiles in
-    grouped order, and operand and output tiles move by TMA (Hopper's bulk copy engine, from
-    tensor descriptors made on the device: out-of-range reads give zeros, stores are clipped), as
-    in Triton's persistent matmul tutorial."""
+    grouped order, and operand tiles move by TMA (Hopper's bulk copy engine, from tensor
+    descriptors made on the device: out-of-range reads give zeros), as in Triton's persistent
+    matmul tutorial. The output tile is stored by TMA too (clipped at the edges), in ``SUBTILES``
+    (1 or 2) column halves: the store stages its data in shared memory, and half an FP32 tile
+    leaves room for one more pipeline stage of operand tiles."""
     a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1], block_shape=[BM, BK])
     b_desc = tl.make_tensor_descriptor(b_ptr, shape=[N, K], strides=[K, 1], block_shape=[BN, BK])
-    c_desc = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[N, 1], block_shape=[BM, BN])
+    c_desc = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[N, 1], block_shape=[BM, BN // SUBTILES])
     n_m, n_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
     for tile in tl.range(tl.program_id(0), n_m * n_n, programs, flatten=True):
         pid_m, pid_n = _grouped_tile(tile, n_m, n_n, GROUP_M)
@@ -195,7 +197,12 @@ def _gemm_tma_kernel(
             acc = acc * tl.load(ta_ptr)
         if HAS_TB:
             acc = acc * tl.load(tb_ptr)
-        c_desc.store([pid_m * BM, pid_n * BN], acc.to(c_desc.dtype))
+        if SUBTILES == 2:
+            left, right = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
+            c_desc.store([pid_m * BM, pid_n * BN], left.to(c_desc.dtype))
+            c_desc.store([pid_m * BM, pid_n * BN + BN // 2], right.to(c_desc.dtype))
+        else:
+            c_desc.store([pid_m * BM, pid_n * BN], acc.to(c_desc.dtype))
 
 
 def fp4_supported(a: QuantizedTensor, b: QuantizedTensor) -> bool:
@@ -241,8 +248,8 @@ def fp4_matmul(
     exact); then either cuBLAS multiplies into an FP32 output (``torch.mm(..., out_dtype=float32)``:
     exact products, FP32 accumulation, no intermediate rounding) and the tensor scales are applied
     after, or Triton does it with the scales in its epilogue: the persistent TMA kernel
-    (``_gemm_tma_kernel``) where the output rows are 16-byte aligned (``tma=None``), else
-    ``_gemm_kernel``. ``cublas=None`` picks cuBLAS on a GPU when the output has fewer Triton
+    (``_gemm_tma_kernel``, ``TMA_CONFIG`` unless ``config``) where the output rows are 16-byte
+    aligned (``tma=None``) and its tiles fit in shared memory, else ``_gemm_kernel``. ``cublas=None`` picks cuBLAS on a GPU when the output has fewer Triton
     tiles than the GPU has SMs (cuBLAS splits K), or when there are no tensor scales (MXFP4) and
     the output is FP32 or TMA is not possible; Triton otherwise and under ``TRITON_INTERPRET``.
     ``fused=True`` dequantizes per tile inside ``_gemm_kernel`` (no bf16 copies, each tile
@@ -256,9 +263,11 @@ def fp4_matmul(
     (mp, k), (np_, _) = a.padded, b.padded
     if tma is None:
         tma = not fused and np_ * out_dtype.itemsize % 16 == 0
-    if config is None and tma:
-        config = _tma_config(out_dtype, a.data.device)
-        tma = config is not None
+    if tma:
+        config = config or TMA_CONFIG
+        subtiles = _output_subtiles(config, out_dtype, a.data.device)
+        tma = subtiles is not None
+        config = config if tma else None
     bm, bn, bk, group_m, warps, stages = config or (FUSED_CONFIG if fused else DEFAULT_CONFIG)
     a_in, b_in = (a.data, b.data) if fused else (dequantize_fp4(a), dequantize_fp4(b))
     m, n = a.shape[:-1].numel(), b.shape[:-1].numel()
@@ -279,7 +288,7 @@ def fp4_matmul(
         return c[:m, :n].to(out_dtype)
     c = torch.empty(mp, np_, dtype=out_dtype, device=a.data.device)
     if tma:
-        _tma_gemm(a, b, a_in, b_in, c, (bm, bn, bk, group_m, warps, stages))
+        _tma_gemm(a, b, a_in, b_in, c, (bm, bn, bk, group_m, warps, stages), subtiles)
     else:
         _triton_gemm(a, b, a_in, b_in, c, (bm, bn, bk, group_m, warps, stages), fused)
     return c[:m, :n]
@@ -288,19 +297,19 @@ def fp4_matmul(
 _SHARED_MEMORY: dict[torch.device, int] = {}
 
 
-def _tma_config(out_dtype: torch.dtype, device: torch.device) -> tuple[int, int, int, int, int, int] | None:
-    """``TMA_CONFIG`` with as many pipeline stages (at most its own) as fit the device's shared
-    memory: ``stages · (BM + BN) · BK`` bf16 operand tiles plus the ``BM × BN`` output tile of the
-    TMA store (an FP32 output needs twice a bf16 one's); ``None`` if not even two stages fit."""
+def _output_subtiles(config: tuple[int, int, int, int, int, int], out_dtype: torch.dtype, device: torch.device) -> int | None:
+    """In how many column halves (1 or 2) ``_gemm_tma_kernel`` with ``config`` must store its output
+    tile to fit the device's shared memory, which holds ``stages`` bf16 operand tiles,
+    ``stages · (BM + BN) · BK · 2`` bytes, and the part of the output tile being stored: an FP32
+    tile of 128×256 (128 KiB) needs halves beside 3 stages on a Hopper GPU (227 KiB); ``None``
+    if even halves do not fit (then the grid kernel runs). The interpreter has no limit."""
     if _interpreting():
-        return TMA_CONFIG
+        return 1
     if device not in _SHARED_MEMORY:
         _SHARED_MEMORY[device] = triton.runtime.driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
-    bm, bn, bk, group_m, warps, stages = TMA_CONFIG
-    output = bm * bn * out_dtype.itemsize
-    while stages >= 2 and stages * (bm + bn) * bk * 2 + output + 1024 > _SHARED_MEMORY[device]:  # + barriers
-        stages -= 1
-    return (bm, bn, bk, group_m, warps, stages) if stages >= 2 else None
+    bm, bn, bk, _, _, stages = config
+    operands = stages * (bm + bn) * bk * 2 + 1024  # + barriers
+    return next((n for n in (1, 2) if operands + bm * bn * out_dtype.itemsize // n <= _SHARED_MEMORY[device]), None)
 
 
 def _descriptor_scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
@@ -310,11 +319,12 @@ def _descriptor_scratch(size: int, alignment: int, stream: int | None) -> torch.
 
 def _tma_gemm(
     a: QuantizedTensor, b: QuantizedTensor, a_in: torch.Tensor, b_in: torch.Tensor, c: torch.Tensor,
-    config: tuple[int, int, int, int, int, int],
+    config: tuple[int, int, int, int, int, int], subtiles: int,
 ) -> None:
     """``_gemm_tma_kernel`` writing the padded (M, N) ``c`` from the bf16 ``dequantize_fp4``
-    copies; one program per SM (4 under the interpreter). Sets Triton's allocator, which the
-    descriptors made on the device need, to PyTorch's."""
+    copies, storing output tiles in ``subtiles`` column halves; one program per SM (4 under the
+    interpreter). Sets Triton's allocator, which the descriptors made on the device need, to
+    PyTorch's."""
     (mp, k), (np_, _) = a.padded, b.padded
     bm, bn, bk, group_m, warps, stages = config
     tiles = triton.cdiv(mp, bm) * triton.cdiv(np_, bn)
@@ -327,7 +337,7 @@ def _tma_gemm(
         b.tensor_scale if b.tensor_scale is not None else dummy,
         mp, np_, k, programs, BM=bm, BN=bn, BK=bk, GROUP_M=group_m,
         HAS_TA=a.tensor_scale is not None, HAS_TB=b.tensor_scale is not None,
-        DOT_DTYPE=tl.float32 if _interpreting() else tl.bfloat16,
+        DOT_DTYPE=tl.float32 if _interpreting() else tl.bfloat16, SUBTILES=subtiles,
         num_warps=warps, num_stages=stages,
     )
 

@@ -24,23 +24,28 @@ def operands(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     return a, b
 
 
-PATHS = {  # fp4_matmul keywords of each Triton path
-    "dequant_then_persistent_tma_gemm": dict(tma=True),
-    "dequant_then_gemm": dict(tma=False),
-    "fused": dict(fused=True),
+PATHS = {  # fp4_matmul keywords of each Triton path, and the TMA kernel's output subtiles
+    "dequant_then_persistent_tma_gemm": (dict(tma=True), 1),
+    "dequant_then_persistent_tma_gemm_output_halves": (dict(tma=True), 2),
+    "dequant_then_gemm": (dict(tma=False), None),
+    "fused": (dict(fused=True), None),
 }
 
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("name", PAIRS)
-def test_fp4_gemm_matches_reference(name, out_dtype, path):
+def test_fp4_gemm_matches_reference(monkeypatch, name, out_dtype, path):
     """M, N not multiples of the tile (masked edges / clipped TMA stores); 6 output tiles on the
     4 persistent programs of the interpreter, so some programs take two."""
+    import fp4train.kernels.gemm as gemm
+
+    kwargs, subtiles = PATHS[path]
+    monkeypatch.setattr(gemm, "_output_subtiles", lambda *args: subtiles)
     a, b = operands(48, 80, 192, seed=0)
     sa, sb = PAIRS[name]
     qa, qb = quantize(a, sa), quantize(b, sb)
-    out = fp4_matmul(qa, qb, out_dtype, config=SMALL, **PATHS[path])
+    out = fp4_matmul(qa, qb, out_dtype, config=SMALL, **kwargs)
     ref = quantized_matmul(qa, qb, out_dtype=torch.float32)
     assert out.shape == ref.shape and out.dtype == out_dtype
     tol = 1e-6 if out_dtype == torch.float32 else 8e-3
@@ -54,7 +59,7 @@ def test_persistent_tma_gemm_only_where_output_rows_are_16_byte_aligned(monkeypa
     import fp4train.kernels.gemm as gemm
 
     used = []
-    monkeypatch.setattr(gemm, "_tma_gemm", lambda *args: used.append("tma") or gemm._triton_gemm(*args, fused=False))
+    monkeypatch.setattr(gemm, "_tma_gemm", lambda *args: used.append("tma") or gemm._triton_gemm(*args[:-1], fused=False))
     a, b = operands(32, n, 64, seed=5)
     qa, qb = quantize(a, QuantSpec("nvfp4")), quantize(b, QuantSpec("nvfp4"))
     out = fp4_matmul(qa, qb, out_dtype, config=SMALL)
@@ -109,16 +114,16 @@ def test_unsupported_operands_are_refused():
         fp4_matmul(a, f8)
 
 
-def test_tma_config_drops_pipeline_stages_to_fit_shared_memory(monkeypatch):
-    """An FP32 output tile takes twice the shared memory of a bf16 one: on a Hopper GPU (227 KiB)
-    the persistent kernel keeps 3 stages for bf16 output, 2 for FP32; with too little shared
-    memory for two stages the grid kernel is used."""
+def test_tma_output_tile_is_stored_in_halves_where_whole_does_not_fit(monkeypatch):
+    """On a Hopper GPU (227 KiB of shared memory) ``TMA_CONFIG``'s 3 stages of operand tiles
+    leave room for a whole bf16 output tile (64 KiB), not an FP32 one (128 KiB), which is then
+    stored in halves; with room for not even the halves the grid kernel runs."""
     import fp4train.kernels.gemm as gemm
 
     dev = torch.device("cuda", 0)
     monkeypatch.setattr(gemm, "_interpreting", lambda: False)
     monkeypatch.setattr(gemm, "_SHARED_MEMORY", {dev: 232448})
-    assert gemm._tma_config(torch.bfloat16, dev)[-1] == 3
-    assert gemm._tma_config(torch.float32, dev)[-1] == 2
+    assert gemm._output_subtiles(gemm.TMA_CONFIG, torch.bfloat16, dev) == 1
+    assert gemm._output_subtiles(gemm.TMA_CONFIG, torch.float32, dev) == 2
     monkeypatch.setattr(gemm, "_SHARED_MEMORY", {dev: 101376})
-    assert gemm._tma_config(torch.float32, dev) is None
+    assert gemm._output_subtiles(gemm.TMA_CONFIG, torch.float32, dev) is None
