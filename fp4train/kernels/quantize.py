@@ -21,6 +21,7 @@ float32 and may differ by one ulp of the transformed value otherwise.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -464,15 +465,83 @@ def _tile(k: int, element_size: int, row: bool, col_block: int | None, two_sr: b
     return Tile(bm, vec * 32 * warps, vec, warps, split)
 
 
-def _check(x: torch.Tensor, spec: QuantSpec, colwise: bool, rand: torch.Tensor | None, shape: tuple[int, int]) -> None:
+def _check(x: torch.Tensor, spec: QuantSpec, colwise: bool) -> None:
     if not supports(x, spec, colwise):
         raise ValueError(
             f"the FP4 kernels do not handle {spec} for a {x.dtype} input of shape {tuple(x.shape)} "
             f"({'column' if colwise else 'row'}-wise); supported: fmt/block {_SUPPORTED_BLOCKS}, "
             f"rht in {_RHT_SIZES} or None, bf16/fp16/fp32, whole blocks (no padding), fewer than 2^31 elements"
         )
-    if rand is not None and (tuple(rand.shape) != shape or rand.dtype != torch.int32):
-        raise ValueError(f"rand_bits must be int32 of shape {shape}, got {rand.dtype} {tuple(rand.shape)}")
+
+
+class _Plan(NamedTuple):
+    """What ``quantize_fp4_pair`` derives from its specs and shapes alone (cached per call signature)."""
+
+    tiles: int  # (BM, BK) tiles of the input
+    split: bool
+    mx: bool
+    rht: tuple[int, int]  # (size, seed) of the RHT, (0, 0) for none
+    row_scales: tuple[int, int]  # shapes of the block-scale outputs
+    col_scales: tuple[int, int]
+    amax_args: dict  # constexprs and options of the launches
+    quantize_args: dict
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(
+    row_spec: QuantSpec | None, col_spec: QuantSpec | None, shape: tuple[int, ...], dtype: torch.dtype,
+    amax_given: bool, explicit: bool, tile: tuple | None,
+) -> _Plan:
+    """Checks the specs against an input of ``shape`` and ``dtype``, viewed as an (M, K) matrix
+    (``ValueError`` naming what is not supported), and picks the launch shape and constexprs: the
+    Python work of a call that does not depend on the tensors' data, done once per signature."""
+    specs = [s for s in (row_spec, col_spec) if s is not None]
+    first = specs[0]
+    if not pairable(first, specs[-1]):
+        raise ValueError(
+            f"row and column specs must share fmt, block and scale_rule, and use the same RHT (size and seed) "
+            f"or one of them none: {row_spec} vs {col_spec}"
+        )
+    shape_only = torch.empty(shape, dtype=dtype, device="meta")
+    m, k = shape_only.shape[:-1].numel(), shape[-1]
+    if row_spec is not None:
+        _check(shape_only, row_spec, False)
+    if col_spec is not None:
+        _check(shape_only, col_spec, True)
+    rht_spec = next((s for s in specs if s.rht), None)  # pairable: at most one distinct RHT
+    d = rht_spec.rht if rht_spec else 0
+    br, bc = first.block_shape
+    mx = first.format.scale == "e8m0"
+    element_size = dtype.itemsize
+    both = row_spec is not None and col_spec is not None
+    two_sr = both and row_spec.rounding == col_spec.rounding == "sr"
+    col_block = None if col_spec is None else col_spec.block_shape[1]
+    if tile is None:
+        tile = _tile(k, element_size, row_spec is not None, col_block, two_sr, both and _split_pays(row_spec, col_spec))
+    bm, bk, vec, warps, split = Tile(*tile)
+    if bm % br or (col_block is not None and bm % col_block) or bk % 32 or bk % (d or 1):
+        raise ValueError(f"tile {(bm, bk)} must hold whole blocks ({first.block_shape}) and Hadamard groups ({d})")
+    row_d = (row_spec.rht or 0) if row_spec else 0
+    col_d = (col_spec.rht or 0) if col_spec else 0
+    orientations = dict(ROW=row_spec is not None, COL=col_spec is not None, ROW_RHT=row_d, COL_RHT=col_d)
+    sr_bits = [s.sr_bits if s is not None and s.rounding == "sr" else 0 for s in (row_spec, col_spec)]
+    split = split and both
+    return _Plan(
+        tiles=-(-m // bm) * -(-k // bk),
+        split=split,
+        mx=mx,
+        rht=(d, rht_spec.seed) if rht_spec else (0, 0),
+        row_scales=(m // br, k // bc),
+        col_scales=(k // br, m // bc),
+        amax_args=dict(BM=bm, BK=bk, VEC=vec, num_warps=warps, **orientations),
+        quantize_args=dict(
+            BM=bm, BK=bk, VEC=vec, SPLIT=split, ROW_BM=max(br, min(bm, _ROW_ELEMENTS_PER_THREAD * 32 * warps // bk)),
+            ROW_VEC=16 // element_size, REVERSE=not mx and not amax_given,  # after an amax pass: back through L2
+            BR=br, BC=bc, MX=mx, MX_CEIL=first.mx_rule == "ceil", **orientations,
+            ROW_SR=sr_bits[0], COL_SR=sr_bits[1], PHILOX=not explicit, ONE_SIXTH=_ONE_SIXTH,
+            enable_fp_fusion=False, num_warps=warps,
+        ),
+    )
 
 
 def quantize_fp4_pair(
@@ -499,49 +568,31 @@ def quantize_fp4_pair(
     tensor amaxes (row, col) for NVFP4, e.g. from the producer of ``x``, which skips the amax
     pass. ``tile``: a ``Tile`` (or its tuple) instead of ``_tile``'s choice (benchmarks).
     """
-    specs = [s for s in (row_spec, col_spec) if s is not None]
-    if not specs:
+    if row_spec is None and col_spec is None:
         raise ValueError("quantize_fp4_pair needs at least one of row_spec, col_spec")
-    first = specs[0]
-    if not pairable(first, specs[-1]):
-        raise ValueError(
-            f"row and column specs must share fmt, block and scale_rule, and use the same RHT (size and seed) "
-            f"or one of them none: {row_spec} vs {col_spec}"
-        )
-    rht_spec = next((s for s in specs if s.rht), None)  # pairable: at most one distinct RHT
     xm = x.reshape(-1, x.shape[-1])
     if xm.stride(-1) != 1:
         xm = xm.contiguous()
     m, k = xm.shape
-    if row_spec is not None:
-        _check(x, row_spec, False, row_rand, (m, k))
-    if col_spec is not None:
-        _check(x, col_spec, True, col_rand, (k, m))
+    row_sr = row_spec.sr_bits if row_spec is not None and row_spec.rounding == "sr" else 0
+    col_sr = col_spec.sr_bits if col_spec is not None and col_spec.rounding == "sr" else 0
+    explicit = bool((row_sr and row_rand is not None) or (col_sr and col_rand is not None))
+    if explicit and ((row_sr and row_rand is None) or (col_sr and col_rand is None)):
+        raise ValueError("pass explicit random bits for every SR orientation, or for none (Philox)")
+    for rand, shape in ((row_rand, (m, k)), (col_rand, (k, m))):
+        if rand is not None and (tuple(rand.shape) != shape or rand.dtype != torch.int32):
+            raise ValueError(f"rand_bits must be int32 of shape {shape}, got {rand.dtype} {tuple(rand.shape)}")
+    plan = _plan(row_spec, col_spec, tuple(x.shape), x.dtype, amax is not None, explicit, None if tile is None else tuple(tile))
     dev = x.device
-    d, rseed = (rht_spec.rht, rht_spec.seed) if rht_spec else (0, 0)
+    d, rseed = plan.rht
     h = _rht_on(d, rseed, dev) if d else _placeholder(dev, torch.float32)
-    br, bc = first.block_shape
-    mx = first.format.scale == "e8m0"
     u8 = torch.uint8
     rc, rs, cc, cs = (torch.empty(0, dtype=u8, device=dev),) * 4
     if row_spec is not None:
-        rc, rs = torch.empty(m, k // 2, dtype=u8, device=dev), torch.empty(m // br, k // bc, dtype=u8, device=dev)
+        rc, rs = torch.empty(m, k // 2, dtype=u8, device=dev), torch.empty(plan.row_scales, dtype=u8, device=dev)
     if col_spec is not None:
-        cc, cs = torch.empty(k, m // 2, dtype=u8, device=dev), torch.empty(k // br, m // bc, dtype=u8, device=dev)
-    two_sr = all(s is not None and s.rounding == "sr" for s in (row_spec, col_spec))
-    col_block = None if col_spec is None else col_spec.block_shape[1]
-    both = row_spec is not None and col_spec is not None
-    if tile is None:
-        tile = _tile(k, x.element_size(), row_spec is not None, col_block, two_sr, both and _split_pays(row_spec, col_spec))
-    bm, bk, vec, warps, split = Tile(*tile)
-    split = split and both
-    if bm % br or (col_spec is not None and bm % col_spec.block_shape[1]) or bk % 32 or bk % (d or 1):
-        raise ValueError(f"tile {(bm, bk)} must hold whole blocks ({first.block_shape}) and Hadamard groups ({d})")
-    tiles = triton.cdiv(m, bm) * triton.cdiv(k, bk)
-    row_d = (row_spec.rht or 0) if row_spec else 0
-    col_d = (col_spec.rht or 0) if col_spec else 0
-    reverse = not mx and amax is None  # the quantize pass follows an amax pass: walk back through L2
-    if mx:  # no tensor scale: the kernel reads no amax and writes no decode scale
+        cc, cs = torch.empty(k, m // 2, dtype=u8, device=dev), torch.empty(plan.col_scales, dtype=u8, device=dev)
+    if plan.mx:  # no tensor scale: the kernel reads no amax and writes no decode scale
         amax_buf, ts = _placeholder(dev, torch.int32), _placeholder(dev, torch.float32)
     else:
         ts = torch.empty(2, dtype=torch.float32, device=dev)
@@ -549,32 +600,20 @@ def quantize_fp4_pair(
             amax_buf = amax.to(torch.float32).view(torch.int32).reshape(2)
         else:
             amax_buf = torch.zeros(2, dtype=torch.int32, device=dev)
-            _amax_kernel[(tiles,)](
-                xm, m, k, xm.stride(0), amax_buf, h, BM=bm, BK=bk, VEC=vec, num_warps=warps,
-                ROW=row_spec is not None, COL=col_spec is not None, ROW_RHT=row_d, COL_RHT=col_d,
-            )
-    base_seed = (first.seed if seed is None else seed) % _SEED_MOD
-    row_sr = row_spec.sr_bits if row_spec is not None and row_spec.rounding == "sr" else 0
-    col_sr = col_spec.sr_bits if col_spec is not None and col_spec.rounding == "sr" else 0
-    explicit = (row_sr and row_rand is not None) or (col_sr and col_rand is not None)
-    if explicit and ((row_sr and row_rand is None) or (col_sr and col_rand is None)):
-        raise ValueError("pass explicit random bits for every SR orientation, or for none (Philox)")
+            _amax_kernel[(plan.tiles,)](xm, m, k, xm.stride(0), amax_buf, h, **plan.amax_args)
+    base_seed = ((row_spec or col_spec).seed if seed is None else seed) % _SEED_MOD
     dummy = _placeholder(dev, torch.int32)
-    _quantize_kernel[(2 * tiles if split else tiles,)](
+    _quantize_kernel[(2 * plan.tiles if plan.split else plan.tiles,)](
         xm, m, k, xm.stride(0), amax_buf, ts, h,
         rc, rs, row_rand if row_rand is not None else dummy, base_seed,
         cc, cs, col_rand if col_rand is not None else dummy, (base_seed + 1 if col_seed is None else col_seed) % _SEED_MOD,
-        BM=bm, BK=bk, VEC=vec, SPLIT=split, ROW_BM=max(br, min(bm, _ROW_ELEMENTS_PER_THREAD * 32 * warps // bk)),
-        ROW_VEC=16 // x.element_size(), REVERSE=reverse, BR=br, BC=bc, MX=mx, MX_CEIL=first.mx_rule == "ceil",
-        ROW=row_spec is not None, COL=col_spec is not None, ROW_RHT=row_d, COL_RHT=col_d,
-        ROW_SR=row_sr, COL_SR=col_sr, PHILOX=not explicit, ONE_SIXTH=_ONE_SIXTH,
-        enable_fp_fusion=False, num_warps=warps,
+        **plan.quantize_args,
     )
 
     def result(spec: QuantSpec | None, codes, scales, idx: int, shape: tuple[int, int]) -> QuantizedTensor | None:
         if spec is None:
             return None
-        tensor_scale = None if mx else ts[idx]
+        tensor_scale = None if plan.mx else ts[idx]
         orig = x.shape if idx == 0 else torch.Size(shape)
         return QuantizedTensor(spec, orig, x.dtype, codes, scales, tensor_scale, shape)
 
