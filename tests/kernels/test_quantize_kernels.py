@@ -176,6 +176,20 @@ def test_unsupported_specs_are_refused_by_name():
     assert not supports(x, QuantSpec("mxfp4"))  # 48 is not a whole number of 32-blocks
     with pytest.raises(ValueError, match="mxfp8"):
         quantize_fp4(x, QuantSpec("mxfp8"))
+    for _ in range(2):  # the checks are cached per call signature: the second call must fail too
+        with pytest.raises(ValueError, match=r"shape \(16, 48\)"):
+            quantize_fp4(x, QuantSpec("mxfp4"))
+
+
+def test_random_bits_of_the_wrong_shape_or_dtype_are_refused():
+    x = torch.zeros(16, 64)
+    sr = QuantSpec("nvfp4", rounding="sr")
+    with pytest.raises(ValueError, match=r"int32 of shape \(64, 16\)"):
+        quantize_fp4_pair(x, None, sr, col_rand=torch.zeros(16, 64, dtype=torch.int32))
+    with pytest.raises(ValueError, match="int32"):
+        quantize_fp4(x, sr, rand_bits=torch.zeros(16, 64, dtype=torch.int64))
+    with pytest.raises(ValueError, match="every SR orientation"):
+        quantize_fp4_pair(x, sr, sr, row_rand=torch.zeros(16, 64, dtype=torch.int32))
 
 
 def test_both_orientations_share_a_nan_tensor_scale():
