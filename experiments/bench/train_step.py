@@ -5,8 +5,9 @@
 Per model and recipe: a full optimizer step (forward, backward, AdamW) under bf16 autocast, every
 linear inside the blocks quantized (``bf16_first_blocks = bf16_last_blocks = 0``: the worst case),
 median step time over ``--steps`` after warm-up, items per second, and peak GPU memory. All
-recipes of a model run side by side in one process. Writes ``train_step.json`` and
-``train_step.md`` to ``--out``.
+recipes of a model run side by side in one process (``--models`` / ``--recipes`` pick a subset;
+bf16 always runs). ``--profile`` adds each step's GPU busy time, largest kernels and costliest
+Python functions. Writes ``train_step.json`` and ``train_step.md`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -130,10 +131,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="record one step's GPU busy time, largest kernels and costliest Python functions per recipe")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES), help="bf16 always runs (the baseline)")
     args = parser.parse_args()
     rows = []
-    for name in MODELS:
-        for recipe in RECIPES:
+    for name in args.models:
+        for recipe in ["bf16"] + [r for r in args.recipes if r != "bf16"]:
             rows.append(bench(name, recipe, args.steps, args.profile))
             print(json.dumps(rows[-1]), flush=True)
             torch.cuda.empty_cache()
