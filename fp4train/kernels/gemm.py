@@ -249,9 +249,10 @@ def fp4_matmul(
     exact products, FP32 accumulation, no intermediate rounding) and the tensor scales are applied
     after, or Triton does it with the scales in its epilogue: the persistent TMA kernel
     (``_gemm_tma_kernel``, ``TMA_CONFIG`` unless ``config``) where the output rows are 16-byte
-    aligned (``tma=None``) and its tiles fit in shared memory, else ``_gemm_kernel``. ``cublas=None`` picks cuBLAS on a GPU when the output has fewer Triton
-    tiles than the GPU has SMs (cuBLAS splits K), or when there are no tensor scales (MXFP4) and
-    the output is FP32 or TMA is not possible; Triton otherwise and under ``TRITON_INTERPRET``.
+    aligned (``tma=None``) and its tiles fit in shared memory, else ``_gemm_kernel``.
+    ``cublas=None`` picks cuBLAS on a GPU when the output has fewer Triton tiles than the GPU has
+    SMs (cuBLAS splits K), or when there are no tensor scales (MXFP4) and the output is FP32 or
+    TMA is not possible; Triton otherwise and under ``TRITON_INTERPRET``.
     ``fused=True`` dequantizes per tile inside ``_gemm_kernel`` (no bf16 copies, each tile
     decoded N/BN times)."""
     if not fp4_supported(a, b):
