@@ -38,6 +38,8 @@ on Hopper's FP8 tensor cores: ``_scaled_mm(codes_a, codes_bᵀ, s_a, s_b)`` with
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -217,8 +219,12 @@ def _indexable(a: QuantizedTensor, b: QuantizedTensor) -> bool:
     return indexable_by_int32(m * k, n * k, m * n)
 
 
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
+@functools.lru_cache(maxsize=None)
+def _device_limits(device: torch.device) -> tuple[int, int]:
+    """``(SMs, bytes of shared memory a program may use)`` of a CUDA device, read once (reading
+    the properties cost ~10 µs of host time per GEMM)."""
+    smem = triton.runtime.driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
+    return torch.cuda.get_device_properties(device).multi_processor_count, smem
 
 
 def dequantize_fp4(qt: QuantizedTensor) -> torch.Tensor:
@@ -277,7 +283,7 @@ def fp4_matmul(
         # pipeline) and where TMA is not possible; for bf16 outputs the TMA kernel beats cuBLAS's
         # FP32 output and cast; cuBLAS splits K where the output has too few tiles to fill the
         # GPU (Wgrad: small M×N, long K), where a Triton kernel leaves most SMs idle
-        few_tiles = a.data.is_cuda and triton.cdiv(mp, bm) * triton.cdiv(np_, bn) < _sm_count(a.data.device)
+        few_tiles = a.data.is_cuda and triton.cdiv(mp, bm) * triton.cdiv(np_, bn) < _device_limits(a.data.device)[0]
         no_scales = a.tensor_scale is None and b.tensor_scale is None
         fp32_out = out_dtype == torch.float32
         cublas = a.data.is_cuda and not _interpreting() and (few_tiles or (no_scales and (fp32_out or not tma)))
@@ -295,9 +301,6 @@ def fp4_matmul(
     return c[:m, :n]
 
 
-_SHARED_MEMORY: dict[torch.device, int] = {}
-
-
 def _output_subtiles(config: tuple[int, int, int, int, int, int], out_dtype: torch.dtype, device: torch.device) -> int | None:
     """In how many column halves (1 or 2) ``_gemm_tma_kernel`` with ``config`` must store its output
     tile to fit the device's shared memory, which holds ``stages`` bf16 operand tiles,
@@ -306,11 +309,10 @@ def _output_subtiles(config: tuple[int, int, int, int, int, int], out_dtype: tor
     if even halves do not fit (then the grid kernel runs). The interpreter has no limit."""
     if _interpreting():
         return 1
-    if device not in _SHARED_MEMORY:
-        _SHARED_MEMORY[device] = triton.runtime.driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
+    shared = _device_limits(device)[1]
     bm, bn, bk, _, _, stages = config
     operands = stages * (bm + bn) * bk * 2 + 1024  # + barriers
-    return next((n for n in (1, 2) if operands + bm * bn * out_dtype.itemsize // n <= _SHARED_MEMORY[device]), None)
+    return next((n for n in (1, 2) if operands + bm * bn * out_dtype.itemsize // n <= shared), None)
 
 
 def _descriptor_scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
@@ -329,7 +331,7 @@ def _tma_gemm(
     (mp, k), (np_, _) = a.padded, b.padded
     bm, bn, bk, group_m, warps, stages = config
     tiles = triton.cdiv(mp, bm) * triton.cdiv(np_, bn)
-    programs = min(tiles, 4 if _interpreting() else _sm_count(c.device))
+    programs = min(tiles, 4 if _interpreting() else _device_limits(c.device)[0])
     dummy = _placeholder(c.device, torch.float32)
     triton.set_allocator(_descriptor_scratch)
     _gemm_tma_kernel[(programs,)](
