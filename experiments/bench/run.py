@@ -259,11 +259,18 @@ def check_gemms() -> dict:
     a = torch.randn(1024, 2048, generator=g) * torch.randn(1024, 2048, generator=g).exp()
     b = torch.randn(768, 2048, generator=g)
     out = {}
+    # fp4_matmul's default sends this small output (fewer tiles than SMs) to cuBLAS: each Triton
+    # path is forced here, with both output dtypes (the TMA kernel stores FP32 tiles in halves)
+    tma, grid = dict(cublas=False, tma=True), dict(cublas=False, tma=False)
     for name, (sa, sb, fn) in {
-        "nvfp4 x nvfp4-16x16 (Triton)": (NV, NV_2D, fp4_matmul),
-        "mxfp4 x mxfp4 (Triton)": (MX, MX, fp4_matmul),
+        "nvfp4 x nvfp4-16x16 (default path)": (NV, NV_2D, fp4_matmul),
+        "nvfp4 x nvfp4-16x16 (Triton TMA)": (NV, NV_2D, lambda qa, qb: fp4_matmul(qa, qb, **tma)),
+        "nvfp4 x nvfp4-16x16 (Triton TMA, bf16 out)": (NV, NV_2D, lambda qa, qb: fp4_matmul(qa, qb, torch.bfloat16, **tma).float()),
+        "nvfp4 x nvfp4-16x16 (Triton grid)": (NV, NV_2D, lambda qa, qb: fp4_matmul(qa, qb, **grid)),
+        "mxfp4 x mxfp4 (default path)": (MX, MX, fp4_matmul),
+        "mxfp4 x mxfp4 (Triton TMA)": (MX, MX, lambda qa, qb: fp4_matmul(qa, qb, **tma)),
         "nvfp4 x nvfp4-16x16 (Triton fused)": (NV, NV_2D, lambda qa, qb: fp4_matmul(qa, qb, fused=True)),
-        "nvfp4 rht16 sr x rht16 (Triton)": (NV_SR_RHT, NV_RHT, fp4_matmul),
+        "nvfp4 rht16 sr x rht16 (Triton TMA)": (NV_SR_RHT, NV_RHT, lambda qa, qb: fp4_matmul(qa, qb, **tma)),
         "fp8_e4m3 x fp8_e4m3 (_scaled_mm)": (QuantSpec("fp8_e4m3"), QuantSpec("fp8_e4m3"), fp8_matmul),
         "fp8_e5m2 x fp8_e4m3 (_scaled_mm)": (QuantSpec("fp8_e5m2"), QuantSpec("fp8_e4m3"), fp8_matmul),
         "mxfp4 x mxfp4 (FP8 tensor cores, fp32 out; NaN: not supported)": (MX, MX, _mx_fp8_or_nan),
@@ -272,6 +279,8 @@ def check_gemms() -> dict:
         ref = quantized_matmul(qa, qb)  # CPU reference
         qa_gpu, qb_gpu = on_gpu(qa), on_gpu(qb)
         res = fn(qa_gpu, qb_gpu).cpu()
+        if "bf16 out" in name:  # against the reference rounded once to bf16, as the kernel's epilogue does
+            ref = ref.bfloat16().float()
         out[name] = ((res - ref).norm() / ref.norm()).item()
         if sa.fmt in ("nvfp4", "mxfp4"):
             exact = torch.equal(dequantize_fp4(qa_gpu).float().cpu(), qa.padded_values(with_tensor_scale=False))
