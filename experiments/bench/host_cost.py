@@ -51,7 +51,7 @@ def _noop_kernel(x_ptr):
     tl.load(x_ptr)
 
 
-PROFILED = ("quantize_fp4_pair nvfp4 row + col sr rht16", "fp4_matmul nvfp4 (dequantize ×2 + Triton GEMM)", "mx_fp8_matmul")
+PROFILED = ("quantize_fp4_pair nvfp4 row + col sr rht16", "fp4_matmul nvfp4 (dequantize ×2 + Triton GEMM, forced)", "mx_fp8_matmul")
 
 
 def profile(table: dict, names: tuple[str, ...], top: int = 25) -> str:
@@ -86,7 +86,8 @@ def ops() -> dict:
         "quantize_fp4_pair mxfp4 row + col": lambda: quantize_fp4_pair(x, mx, mx),
         "quantize_fp8 e4m3 row + col": lambda: quantize_fp8(x, QuantSpec("fp8_e4m3"), QuantSpec("fp8_e4m3")),
         "quantize() dispatch, nvfp4": lambda: quantize(x, nv),
-        "fp4_matmul nvfp4 (dequantize ×2 + Triton GEMM)": lambda: fp4_matmul(qx_nv, qw_nv, torch.bfloat16),
+        # cublas=False: this output has fewer tiles than SMs, which the default sends to cuBLAS
+        "fp4_matmul nvfp4 (dequantize ×2 + Triton GEMM, forced)": lambda: fp4_matmul(qx_nv, qw_nv, torch.bfloat16, cublas=False),
         "fp4_matmul mxfp4 (dequantize ×2 + cuBLAS)": lambda: fp4_matmul(qx_mx, qw_mx, torch.bfloat16),
         "mx_to_e4m3": lambda: mx_to_e4m3(qx_mx),
         "mx_fp8_matmul": lambda: mx_fp8_matmul(qx_mx, qw_mx, torch.bfloat16),

@@ -255,7 +255,8 @@ def fp4_matmul(
     exact products, FP32 accumulation, no intermediate rounding) and the tensor scales are applied
     after, or Triton does it with the scales in its epilogue: the persistent TMA kernel
     (``_gemm_tma_kernel``, ``TMA_CONFIG`` unless ``config``) where the output rows are 16-byte
-    aligned (``tma=None``) and its tiles fit in shared memory, else ``_gemm_kernel``.
+    aligned and its tiles fit in shared memory (``tma=None``; ``tma=True`` raises where they do
+    not), else ``_gemm_kernel``.
     ``cublas=None`` picks cuBLAS on a GPU when the output has fewer Triton tiles than the GPU has
     SMs (cuBLAS splits K), or when there are no tensor scales (MXFP4) and the output is FP32 or
     TMA is not possible; Triton otherwise and under ``TRITON_INTERPRET``.
@@ -268,14 +269,15 @@ def fp4_matmul(
             f"{b.spec.fmt} {b.padded} block {b.spec.block_shape}"
         )
     (mp, k), (np_, _) = a.padded, b.padded
-    if tma is None:
-        tma = not fused and np_ * out_dtype.itemsize % 16 == 0
-    if tma:
-        config = config or TMA_CONFIG
-        subtiles = _output_subtiles(config, out_dtype, a.data.device)
-        tma = subtiles is not None
-        config = config if tma else None
-    bm, bn, bk, group_m, warps, stages = config or (FUSED_CONFIG if fused else DEFAULT_CONFIG)
+    tma_possible = not fused and np_ * out_dtype.itemsize % 16 == 0
+    subtiles = _output_subtiles(config or TMA_CONFIG, out_dtype, a.data.device) if tma_possible else None
+    if tma and subtiles is None:
+        raise ValueError(
+            f"tma=True needs dequantized operands (not fused={fused}), 16-byte output rows ({np_} × "
+            f"{out_dtype}) and tiles {config or TMA_CONFIG} that fit in shared memory"
+        )
+    tma = subtiles is not None if tma is None else tma
+    bm, bn, bk, group_m, warps, stages = config or (FUSED_CONFIG if fused else TMA_CONFIG if tma else DEFAULT_CONFIG)
     a_in, b_in = (a.data, b.data) if fused else (dequantize_fp4(a), dequantize_fp4(b))
     m, n = a.shape[:-1].numel(), b.shape[:-1].numel()
     if cublas is None:  # measured (NOTES.md v7): without tensor scales (MXFP4) cuBLAS writes an FP32

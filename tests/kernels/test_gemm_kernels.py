@@ -67,6 +67,17 @@ def test_persistent_tma_gemm_only_where_output_rows_are_16_byte_aligned(monkeypa
     assert torch.allclose(out.float(), quantized_matmul(qa, qb).to(out_dtype).float(), rtol=1e-2)
 
 
+def test_tma_is_refused_where_it_cannot_run():
+    """``tma=True`` needs dequantized bf16 operands and 16-byte output rows: with ``fused`` (packed
+    codes) or a 36-column bf16 output it raises instead of reading the wrong layout."""
+    a, b = operands(32, 36, 64, seed=6)
+    qa, qb = quantize(a, QuantSpec("nvfp4")), quantize(b, QuantSpec("nvfp4"))
+    with pytest.raises(ValueError, match="tma=True"):
+        fp4_matmul(qa, qb, config=SMALL, fused=True, tma=True)
+    with pytest.raises(ValueError, match="16-byte output rows"):
+        fp4_matmul(qa, qb, torch.bfloat16, config=SMALL, tma=True)
+
+
 def test_fixup_recomputes_exactly_the_tiles_of_flagged_rows():
     """``mx_fp8_matmul``'s second launch: tiles that touch a row of A or of B flagged inexact are
     recomputed (equal to the reference), every other tile is left as it was."""

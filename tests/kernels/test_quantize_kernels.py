@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fp4train.kernels.quantize import quantize_fp4, quantize_fp4_pair, supports
+from fp4train.kernels.quantize import _plan, quantize_fp4, quantize_fp4_pair, supports
 from fp4train.quant import QuantSpec, quantize
 from fp4train.quant.formats import unpack_fp4
 from tests.quant.test_block_quantizers import adversarial, extremes
@@ -86,12 +86,30 @@ def test_split_tiles_equal_one_program_tiles(name):
     tiles = {"one program": (block, 128, 2, 2, False), "split": (2 * block, 128, 2, 2, True)}
     philox = {}
     for mode, tile in tiles.items():
+        assert _plan(row, col, tuple(x.shape), x.dtype, False, False, tile).split == (mode == "split")
         k_row, k_col = quantize_fp4_pair(x, row, col, row_rand=row_bits, col_rand=col_bits, tile=tile)
         assert_same(k_row, quantize(x, row, rand_bits=row_bits), f"{name} {mode} row")
         assert_same(k_col, quantize(x.T.contiguous(), col, rand_bits=col_bits), f"{name} {mode} col")
         philox[mode] = quantize_fp4_pair(x, row, col, seed=7, tile=tile)
     for one, two in zip(*philox.values()):
         assert_same(one, two, f"{name} Philox, split vs one program")
+
+
+@pytest.mark.parametrize(
+    "row, col, split",
+    [
+        (dict(fmt="nvfp4"), dict(fmt="nvfp4", rht=16), True),  # x: 111 -> 102 us on the H200
+        (dict(fmt="mxfp4"), dict(fmt="mxfp4"), True),  # 129 -> 76 us
+        (dict(fmt="mxfp4", scale_rule="ceil", rounding="sr"), dict(fmt="mxfp4", scale_rule="ceil", rounding="sr"), True),
+        (dict(fmt="nvfp4", rounding="sr"), dict(fmt="nvfp4", rounding="sr", rht=16), False),  # dy: 189 vs 213 us
+        (dict(fmt="nvfp4", block=(16, 16)), dict(fmt="nvfp4", block=(16, 16)), False),  # W: 62 vs 75 us
+    ],
+    ids=["nvfp4_x", "mxfp4_rn", "mxfp4_sr", "nvfp4_dy", "nvfp4_2d_w"],
+)
+def test_both_orientations_split_where_it_measured_faster(row, col, split):
+    """The default launch shape of each pair a linear layer quantizes (NOTES.md v7)."""
+    plan = _plan(QuantSpec(**row), QuantSpec(**col), (8192, 4096), torch.bfloat16, False, False, None)
+    assert plan.split == split
 
 
 def exactly_summable(rows: int, cols: int, seed: int) -> torch.Tensor:
