@@ -50,10 +50,11 @@ class _QuantLinearFunction(torch.autograd.Function):
             qx, qxt = layer._quantize_pair("x_fprop", "x_wgrad", x)
         w_spec = layer.operand_spec("w_fprop")
         qw = layer.quantize_weight(weight.to(x.dtype) if w_spec.is_identity else weight, w_spec)
+        mx_fp8 = layer.recipe.mx_fp8_gemm
         if bias is None:  # the GEMM rounds its FP32 result to the activation dtype once
-            y = quantized_matmul(qx, qw, out_dtype=x.dtype, mx_fp8=layer.recipe.mx_fp8_gemm)
+            y = quantized_matmul(qx, qw, out_dtype=x.dtype, mx_fp8=mx_fp8)
         else:  # as addmm under autocast: bias in the activation dtype, added in FP32, one rounding
-            y = (quantized_matmul(qx, qw, out_dtype=torch.float32, mx_fp8=layer.recipe.mx_fp8_gemm) + bias.to(x.dtype).float()).to(x.dtype)
+            y = (quantized_matmul(qx, qw, out_dtype=torch.float32, mx_fp8=mx_fp8) + bias.to(x.dtype).float()).to(x.dtype)
         ctx.layer, ctx.qxt, ctx.has_bias = layer, qxt, bias is not None
         ctx.qw = qw if layer.recipe.double_quant else None
         ctx.x_dtype = x.dtype

@@ -317,6 +317,16 @@ def _output_subtiles(config: tuple[int, int, int, int, int, int], out_dtype: tor
     return next((n for n in (1, 2) if operands + bm * bn * out_dtype.itemsize // n <= shared), None)
 
 
+def _epilogue_args(a: QuantizedTensor, b: QuantizedTensor, device: torch.device) -> tuple[tuple[torch.Tensor, torch.Tensor], dict]:
+    """What both Triton GEMM kernels take for their epilogue: the tensor-scale pointers (a
+    placeholder where an operand has none), ``HAS_TA``/``HAS_TB``, and the dot's operand dtype
+    (float32 under the interpreter, whose bf16 dot is wrong; the values are the same, exact)."""
+    dummy = _placeholder(device, torch.float32)
+    ptrs = tuple(q.tensor_scale if q.tensor_scale is not None else dummy for q in (a, b))
+    flags = dict(HAS_TA=a.tensor_scale is not None, HAS_TB=b.tensor_scale is not None)
+    return ptrs, dict(flags, DOT_DTYPE=tl.float32 if _interpreting() else tl.bfloat16)
+
+
 def _descriptor_scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
     """Memory for the tensor descriptors a kernel makes on the device (Triton's allocator hook)."""
     return torch.empty(size, dtype=torch.int8, device="cpu" if _interpreting() else "cuda")
@@ -334,16 +344,11 @@ def _tma_gemm(
     bm, bn, bk, group_m, warps, stages = config
     tiles = triton.cdiv(mp, bm) * triton.cdiv(np_, bn)
     programs = min(tiles, 4 if _interpreting() else _device_limits(c.device)[0])
-    dummy = _placeholder(c.device, torch.float32)
+    scale_ptrs, epilogue = _epilogue_args(a, b, c.device)
     triton.set_allocator(_descriptor_scratch)
     _gemm_tma_kernel[(programs,)](
-        a_in, b_in, c,
-        a.tensor_scale if a.tensor_scale is not None else dummy,
-        b.tensor_scale if b.tensor_scale is not None else dummy,
-        mp, np_, k, programs, BM=bm, BN=bn, BK=bk, GROUP_M=group_m,
-        HAS_TA=a.tensor_scale is not None, HAS_TB=b.tensor_scale is not None,
-        DOT_DTYPE=tl.float32 if _interpreting() else tl.bfloat16, SUBTILES=subtiles,
-        num_warps=warps, num_stages=stages,
+        a_in, b_in, c, *scale_ptrs, mp, np_, k, programs, BM=bm, BN=bn, BK=bk, GROUP_M=group_m, SUBTILES=subtiles,
+        **epilogue, num_warps=warps, num_stages=stages,
     )
 
 
@@ -359,18 +364,14 @@ def _triton_gemm(
     bm, bn, bk, group_m, warps, stages = config
     dummy = _placeholder(a.data.device, torch.float32)
     a_exact, b_exact = exact or (dummy, dummy)
+    scale_ptrs, epilogue = _epilogue_args(a, b, a.data.device)
     grid = (triton.cdiv(mp, bm) * triton.cdiv(np_, bn),)
     _gemm_kernel[grid](
-        a_in, a.scales, b_in, b.scales, c,
-        a.tensor_scale if a.tensor_scale is not None else dummy,
-        b.tensor_scale if b.tensor_scale is not None else dummy,
-        a_exact, b_exact,
+        a_in, a.scales, b_in, b.scales, c, *scale_ptrs, a_exact, b_exact,
         mp, np_, k, BM=bm, BN=bn, BK=bk, GROUP_M=group_m, FUSED=fused, FIXUP=exact is not None,
         A_BR=a.spec.block_shape[0], A_BC=a.spec.block_shape[1], A_MX=a.spec.fmt == "mxfp4",
         B_BR=b.spec.block_shape[0], B_BC=b.spec.block_shape[1], B_MX=b.spec.fmt == "mxfp4",
-        HAS_TA=a.tensor_scale is not None, HAS_TB=b.tensor_scale is not None,
-        DOT_DTYPE=tl.float32 if _interpreting() else tl.bfloat16,
-        num_warps=warps, num_stages=stages,
+        **epilogue, num_warps=warps, num_stages=stages,
     )
 
 
@@ -409,21 +410,17 @@ def mx_fp8_supported(a: QuantizedTensor, b: QuantizedTensor) -> bool:
     return ok and a.padded[1] == b.padded[1] and a.padded[0] % 16 == 0 and b.padded[0] % 16 == 0 and _indexable(a, b)
 
 
-_ROWWISE_OUT_DTYPES: dict[torch.device, tuple[torch.dtype, ...]] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _rowwise_out_dtypes(device: torch.device) -> tuple[torch.dtype, ...]:
     """Output dtypes that this PyTorch build's row-wise scaled ``_scaled_mm`` accepts on
     ``device`` (bf16 always; float32 in some builds), found once by a 16×32×16 probe."""
-    if device not in _ROWWISE_OUT_DTYPES:
-        a = torch.zeros(16, 32, dtype=torch.float8_e4m3fn, device=device)
-        s = torch.ones(16, 1, dtype=torch.float32, device=device)
-        try:
-            torch._scaled_mm(a, a.t(), scale_a=s, scale_b=s.t(), out_dtype=torch.float32)
-            _ROWWISE_OUT_DTYPES[device] = (torch.bfloat16, torch.float32)
-        except RuntimeError:  # "Only bf16 high precision output types are supported for row-wise scaling"
-            _ROWWISE_OUT_DTYPES[device] = (torch.bfloat16,)
-    return _ROWWISE_OUT_DTYPES[device]
+    a = torch.zeros(16, 32, dtype=torch.float8_e4m3fn, device=device)
+    s = torch.ones(16, 1, dtype=torch.float32, device=device)
+    try:
+        torch._scaled_mm(a, a.t(), scale_a=s, scale_b=s.t(), out_dtype=torch.float32)
+    except RuntimeError:  # "Only bf16 high precision output types are supported for row-wise scaling"
+        return (torch.bfloat16,)
+    return (torch.bfloat16, torch.float32)
 
 
 def mx_fp8_matmul(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor | None:

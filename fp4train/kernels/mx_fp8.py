@@ -35,6 +35,8 @@ reference's formula (``_code_table``) and picks one byte per nibble, about 10 op
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -189,19 +191,15 @@ def _mx_to_e4m3_kernel(
     tl.store(row_exact_ptr + tl.program_id(1) * R + rows, lost == 0, mask=rows < R)
 
 
-_TABLES: dict[torch.device, torch.Tensor] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _code_table(device: torch.device) -> torch.Tensor:
     """int32 (17, 2): row ``j − J_MIN`` (j in [−8, 6]) holds the E4M3 codes of the E2M1
     magnitudes 0..7 times ``2^j`` (``_e4m3_magnitudes``) as 8 little-endian bytes; row 15 is
     zeros (out of the window), row 16 E4M3 NaNs (0x7F)."""
-    if device not in _TABLES:
-        j = torch.arange(_J_MIN, _J_MAX + 1, dtype=torch.int32)[:, None]
-        codes = _e4m3_magnitudes(torch.arange(8, dtype=torch.int32), j)
-        rows = torch.cat([codes, torch.zeros(1, 8, dtype=torch.int32), torch.full((1, 8), _E4M3_NAN)])
-        _TABLES[device] = rows.to(torch.uint8).view(torch.int32).to(device)
-    return _TABLES[device]
+    j = torch.arange(_J_MIN, _J_MAX + 1, dtype=torch.int32)[:, None]
+    codes = _e4m3_magnitudes(torch.arange(8, dtype=torch.int32), j)
+    rows = torch.cat([codes, torch.zeros(1, 8, dtype=torch.int32), torch.full((1, 8), _E4M3_NAN)])
+    return rows.to(torch.uint8).view(torch.int32).to(device)
 
 
 def mx_to_e4m3_triton(
