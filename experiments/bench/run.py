@@ -390,6 +390,13 @@ def time_gemms() -> list[dict]:
     flop = 2 * M * N * K
     t_bf16 = gpu_ms(lambda: x @ w.T)
     rows = [{"gemm": "bf16 torch.matmul", "ms": t_bf16, "TFLOP/s": flop / t_bf16 / 1e9, "vs_bf16": 1.0}]
+
+    def timed(label: str, fn, gemm: bool = True) -> None:
+        """A row for ``fn``'s GPU time; ``gemm=False``: a part of a GEMM (no TFLOP/s)."""
+        t = gpu_ms(fn)
+        rows.append({"gemm": label, "ms": t, "TFLOP/s": flop / t / 1e9 if gemm else 0.0, "vs_bf16": t_bf16 / t})
+        log(f"gemm {label}: {t:.3f} ms")
+
     for name, (sa, sb) in {"nvfp4 x nvfp4-16x16": (NV, NV_2D), "mxfp4 x mxfp4": (MX, MX)}.items():
         qa, qb = quantize(x, sa), quantize(w, sb)
         variants = {f"{name} default path (fp4_matmul)": {}, f"{name} dequant + cuBLAS (FP32 out, scales, cast)": dict(cublas=True)}
@@ -403,25 +410,19 @@ def time_gemms() -> list[dict]:
                          f"{name} FP32 output, dequant + Triton GEMM": dict(out_dtype=torch.float32, cublas=False, tma=False)})
         for label, kw in variants.items():
             kw = {"out_dtype": torch.bfloat16, **kw}
-            t = gpu_ms(lambda: fp4_matmul(qa, qb, **kw))
-            rows.append({"gemm": label, "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
-            log(f"gemm {rows[-1]['gemm']}: {t:.3f} ms")
-        t = gpu_ms(lambda: fp4_matmul(qa, qb, torch.bfloat16, fused=True))
-        rows.append({"gemm": f"{name} fused Triton GEMM {FUSED_CONFIG}", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
-        t = gpu_ms(lambda: (dequantize_fp4(qa), dequantize_fp4(qb)))
-        rows.append({"gemm": f"{name}: the two dequantize_fp4 alone", "ms": t, "TFLOP/s": 0.0, "vs_bf16": t_bf16 / t})
+            timed(label, lambda: fp4_matmul(qa, qb, **kw))
+        timed(f"{name} fused Triton GEMM {FUSED_CONFIG}", lambda: fp4_matmul(qa, qb, torch.bfloat16, fused=True))
+        timed(f"{name}: the two dequantize_fp4 alone", lambda: (dequantize_fp4(qa), dequantize_fp4(qb)), gemm=False)
     qa, qb = quantize(x, MX), quantize(w, MX)
-    t = gpu_ms(lambda: mx_fp8_matmul(qa, qb, torch.bfloat16))
-    rows.append({"gemm": "mxfp4 x mxfp4 on FP8 tensor cores (mx_to_e4m3 ×2 + row-wise _scaled_mm + fixup launch)", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
+    timed("mxfp4 x mxfp4 on FP8 tensor cores (mx_to_e4m3 ×2 + row-wise _scaled_mm + fixup launch)",
+          lambda: mx_fp8_matmul(qa, qb, torch.bfloat16))
     (ya, sa, _), (yb, sb, _) = mx_to_e4m3(qa), mx_to_e4m3(qb)
     e4m3 = torch.float8_e4m3fn
-    t = gpu_ms(lambda: torch._scaled_mm(ya.view(e4m3), yb.view(e4m3).t(), scale_a=sa, scale_b=sb.t(), out_dtype=torch.bfloat16))
-    rows.append({"gemm": "mxfp4 x mxfp4: the row-wise _scaled_mm alone", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
-    t = gpu_ms(lambda: (mx_to_e4m3(qa), mx_to_e4m3(qb)))
-    rows.append({"gemm": "mxfp4 x mxfp4: the two mx_to_e4m3 alone", "ms": t, "TFLOP/s": 0.0, "vs_bf16": t_bf16 / t})
+    timed("mxfp4 x mxfp4: the row-wise _scaled_mm alone",
+          lambda: torch._scaled_mm(ya.view(e4m3), yb.view(e4m3).t(), scale_a=sa, scale_b=sb.t(), out_dtype=torch.bfloat16))
+    timed("mxfp4 x mxfp4: the two mx_to_e4m3 alone", lambda: (mx_to_e4m3(qa), mx_to_e4m3(qb)), gemm=False)
     qa, qb = quantize(x, QuantSpec("fp8_e4m3")), quantize(w, QuantSpec("fp8_e4m3"))
-    t = gpu_ms(lambda: fp8_matmul(qa, qb, torch.bfloat16))
-    rows.append({"gemm": "fp8_e4m3 _scaled_mm", "ms": t, "TFLOP/s": flop / t / 1e9, "vs_bf16": t_bf16 / t})
+    timed("fp8_e4m3 _scaled_mm", lambda: fp8_matmul(qa, qb, torch.bfloat16))
     return rows
 
 
