@@ -6,9 +6,13 @@ along that GEMM's reduction dimension with the recipe's spec for that operand (s
 FP32 accumulation). What backward needs is saved quantized and packed: the Wgrad copy of ``x``
 (quantized along tokens in forward), and ``W`` itself (a parameter: saving it costs nothing).
 
-Stochastic rounding draws its bits from a stream seeded by ``(recipe seed, layer id, step,
-operand)``; the step counter is part of the module's state dict, so a resumed run continues
-the same streams.
+Stochastic rounding draws its bits from one ``SRStream`` per operand: key
+``stream_seed(recipe seed, layer id, operand)``, counter the layer's step counter ``sr_step``, a
+0-dim int64 tensor beside the weight that each training forward increments in place. On the GPU
+the kernels read the counter when they run, so the layer can be captured in a CUDA graph
+(``torch.cuda.make_graphed_callables``) and each replay draws the next step's bits, the same
+bits as the eager run. The counter is part of the module's state dict, so a resumed run
+continues the same streams.
 """
 
 from __future__ import annotations
@@ -18,23 +22,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fp4train.gemm import quantized_matmul
-from fp4train.quant import QuantizedTensor, QuantSpec, dequantize, quantize, quantize_pair
+from fp4train.quant import QuantizedTensor, QuantSpec, SRStream, dequantize, quantize, quantize_pair, stream_seed
 from fp4train.recipes import BF16, GEMMS, OPERANDS, Recipe, build_recipe
 
 __all__ = ["QuantLinear"]
-
-_MASK64 = (1 << 64) - 1
-
-
-def stream_seed(*parts: int) -> int:
-    """A 63-bit seed mixed from integers (splitmix64 finaliser per part): distinct streams per
-    (seed, layer, step, operand), stable across processes and platforms."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = ((h ^ (p & _MASK64)) * 0xBF58476D1CE4E5B9) & _MASK64
-        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
-        h ^= h >> 31
-    return h & ((1 << 63) - 1)
 
 
 class _QuantLinearFunction(torch.autograd.Function):
@@ -106,7 +97,8 @@ class QuantLinear(nn.Linear):
         self.recipe = build_recipe(recipe) if isinstance(recipe, str) else recipe
         self.layer_id = layer_id
         self.high_precision: frozenset[str] = frozenset()
-        self.sr_step = 0  # forward passes run in training mode; drives the SR streams
+        # forward passes run in training mode: the SR streams' counter (saved through extra state)
+        self.register_buffer("sr_step", torch.zeros((), dtype=torch.int64, device=self.weight.device), persistent=False)
         self.saved_bytes = 0  # bytes the last forward saved for backward (beside W)
 
     @classmethod
@@ -115,6 +107,7 @@ class QuantLinear(nn.Linear):
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, recipe, layer_id, device="meta")
         q.weight = linear.weight
         q.bias = linear.bias
+        q.sr_step = torch.zeros((), dtype=torch.int64, device=linear.weight.device)
         return q
 
     def operand_spec(self, operand: str) -> QuantSpec:
@@ -126,16 +119,15 @@ class QuantLinear(nn.Linear):
     def is_unquantized(self) -> bool:
         return all(self.operand_spec(o).is_identity for o in OPERANDS)
 
-    def _generator(self, operand: str, device: torch.device) -> torch.Generator | None:
-        """The SR generator of ``operand`` for this step (``None`` when it rounds to nearest)."""
+    def _stream(self, operand: str) -> SRStream | None:
+        """The SR stream of ``operand`` (``None`` when it rounds to nearest)."""
         spec = self.operand_spec(operand)
         if spec.rounding != "sr":
             return None
-        seed = stream_seed(spec.seed, self.layer_id, self.sr_step, OPERANDS.index(operand))
-        return torch.Generator(device=device).manual_seed(seed)
+        return SRStream(stream_seed(spec.seed, self.layer_id, OPERANDS.index(operand)), self.sr_step)
 
     def _quantize_operand(self, operand: str, t: torch.Tensor) -> QuantizedTensor:
-        return quantize(t, self.operand_spec(operand), generator=self._generator(operand, t.device))
+        return quantize(t, self.operand_spec(operand), generator=self._stream(operand))
 
     def _quantize_pair(self, row_operand: str, col_operand: str, t: torch.Tensor) -> tuple[QuantizedTensor, QuantizedTensor]:
         """``t`` for ``row_operand`` and ``t.T`` for ``col_operand`` (one read on the GPU)."""
@@ -143,8 +135,8 @@ class QuantLinear(nn.Linear):
             t,
             self.operand_spec(row_operand),
             self.operand_spec(col_operand),
-            row_generator=self._generator(row_operand, t.device),
-            col_generator=self._generator(col_operand, t.device),
+            row_generator=self._stream(row_operand),
+            col_generator=self._stream(col_operand),
         )
 
     def quantize_weight(self, weight: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
@@ -160,16 +152,20 @@ class QuantLinear(nn.Linear):
         if torch.is_autocast_enabled(device_type):
             x = x.to(torch.get_autocast_dtype(device_type))
         if self.training and torch.is_grad_enabled():
-            self.sr_step += 1
+            self.sr_step.add_(1)
         with torch.autocast(device_type=device_type, enabled=False):
             y = _QuantLinearFunction.apply(x.reshape(-1, self.in_features), self.weight, self.bias, self)
         return y.reshape(*x.shape[:-1], self.out_features)
 
+    def graph_key(self) -> tuple:
+        """What a CUDA graph of this layer depends on beyond tensor values (``fp4train.graphs``)."""
+        return (tuple(sorted(self.high_precision)),)
+
     def get_extra_state(self) -> dict:
-        return {"sr_step": self.sr_step}
+        return {"sr_step": int(self.sr_step)}  # a plain int in checkpoints (a sync on the GPU: at save time only)
 
     def set_extra_state(self, state: dict) -> None:
-        self.sr_step = int(state["sr_step"])
+        self.sr_step.fill_(int(state["sr_step"]))
 
     def extra_repr(self) -> str:
         hp = f", high_precision={sorted(self.high_precision)}" if self.high_precision else ""

@@ -8,8 +8,10 @@ uninterrupted run.
 
 Shared by both modules (``TrainModule``): AdamW + LR schedule from ``fp4train.optim``, the
 precision schedule applied before every step, throughput and LR logging, the global RNG state
-in checkpoints, and a stop on a non-finite loss (the step is skipped, so the weights and the
-last checkpoint stay finite; the message names the step and the last checkpoint).
+in checkpoints, a stop on a non-finite loss (the step is skipped, so the weights and the
+last checkpoint stay finite; the message names the step and the last checkpoint), and with
+``cuda_graph`` the training forward and backward replayed from CUDA graphs (``fp4train.graphs``;
+captured again when the input shape or a module's ``graph_key`` changes).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from fp4train.graphs import capture_training_graph, graph_key
 from fp4train.optim import OptimConfig, build_optimizer, build_scheduler
 from fp4train.schedule import PrecisionSchedule
 
@@ -106,18 +109,33 @@ class TrainModule(L.LightningModule):
     task = ""
     item_name = "samples"  # what the throughput counts
 
-    def __init__(self, model: nn.Module, optim: OptimConfig, precision_schedule: PrecisionSchedule | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, optim: OptimConfig, precision_schedule: PrecisionSchedule | None = None,
+        cuda_graph: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model
         self.optim_cfg = optim
         self.precision_schedule = precision_schedule or PrecisionSchedule()
+        self.cuda_graph = cuda_graph
+        self._graph: tuple[tuple, Any] | None = None  # (what it was captured for, graphed forward)
         self._step_start: float | None = None
         self._items = 0
         self._step_lr = 0.0
         self.diverged: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        """``model(x)``; in training with ``cuda_graph``, replayed from the graph captured for
+        ``x``'s shape and the modules' ``graph_key`` (captured first when either is new)."""
+        if not (self.cuda_graph and self.training and torch.is_grad_enabled()):
+            return self.model(x)
+        if self.trainer.world_size > 1:
+            raise ValueError(f"trainer.cuda_graph runs on one device; this run has {self.trainer.world_size} processes")
+        key = (tuple(x.shape), x.dtype, graph_key(self.model))
+        if self._graph is None or self._graph[0] != key:
+            self._graph = None  # the old graph's memory goes back to the pool before the new capture
+            self._graph = (key, capture_training_graph(self.model, (x,)))
+        return self._graph[1](x)
 
     def compute_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         """(mean loss, extra metrics, items counted for throughput) of one batch."""
@@ -200,7 +218,7 @@ class LanguageModelModule(TrainModule):
 
     def compute_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         x, y = batch
-        logits = self.model(x)
+        logits = self(x)
         return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()), {}, y.numel()
 
 
@@ -212,7 +230,7 @@ class ImageClassifierModule(TrainModule):
 
     def compute_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         x, y = batch
-        logits = self.model(x)
+        logits = self(x)
         acc = (logits.argmax(-1) == y).float().mean()
         return F.cross_entropy(logits.float(), y), {"acc": acc}, y.numel()
 

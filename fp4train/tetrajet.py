@@ -104,9 +104,15 @@ class QEMALinear(QuantLinear):
         self.ema_updates += 1
 
     def quantize_weight(self, weight: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
-        if spec.is_identity or self.weight_ema is None or self.ema_updates < self.recipe.q_ema_warmup:
+        if spec.is_identity or not self._ema_rounds():
             return super().quantize_weight(weight, spec)
         return ema_round(weight.detach(), self.weight_ema, spec)
+
+    def _ema_rounds(self) -> bool:
+        return self.weight_ema is not None and self.ema_updates >= self.recipe.q_ema_warmup
+
+    def graph_key(self) -> tuple:
+        return (*super().graph_key(), self._ema_rounds())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "weight_ema"

@@ -78,7 +78,9 @@ class DataConfig:
 class TrainerConfig:
     """Lightning ``Trainer`` settings. ``precision=None``: ``bf16-mixed`` on GPU, ``32-true`` on
     CPU. Validation runs every ``val_every_n_steps`` optimizer steps on ``val_batches`` batches.
-    ``torch_threads``: intra-op threads (``None`` keeps torch's default)."""
+    ``torch_threads``: intra-op threads (``None`` keeps torch's default). ``cuda_graph``: replay
+    the training forward and backward from CUDA graphs (one GPU; ``fp4train.graphs``) — the same
+    losses, without the per-kernel host work that bounds small models' steps."""
 
     max_steps: int = 200
     accelerator: str = "auto"
@@ -93,6 +95,7 @@ class TrainerConfig:
     log_every_n_steps: int = 1
     enable_progress_bar: bool = True
     torch_threads: int | None = None
+    cuda_graph: bool = False
 
 
 @dataclass
@@ -163,6 +166,8 @@ def _check_pairing(cfg: TrainConfig) -> None:
         )
     if cfg.trainer.max_steps < 1:
         raise ValueError(f"trainer.max_steps must be >= 1 (training is step-based), got {cfg.trainer.max_steps}")
+    if cfg.trainer.cuda_graph and not torch.cuda.is_available():
+        raise ValueError("trainer.cuda_graph=true needs a CUDA GPU; none is visible (set it false on CPU)")
 
 
 def _loggers(cfg: TrainConfig, out: Path, overrides: list[str]) -> list[Logger]:
@@ -234,7 +239,7 @@ def train(cfg: TrainConfig, overrides: list[str] | None = None) -> TrainResult:
     (out / RUN_INFO).write_text(json.dumps(
         {"study": cfg.study, "group": cfg.logger.group or cfg.study, "recipe": cfg.quant.name,
          "model": cfg.model.name, "data": cfg.data.name, "overrides": overrides}, indent=1))
-    module = MODULES[cfg.model.name](model, cfg.optim, cfg.precision_schedule)
+    module = MODULES[cfg.model.name](model, cfg.optim, cfg.precision_schedule, cfg.trainer.cuda_graph)
     data = StepDataModule(train_set, val_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
     loggers = _loggers(cfg, out, overrides)
     trainer = _trainer(cfg, out, loggers, _callbacks(cfg, out))

@@ -4,7 +4,8 @@
 
 1. warms Triton's and Inductor's caches in parallel worker processes (compiles dominate);
 2. checks on the GPU, against the CPU reference: the quantizers bit for bit (codes, scales,
-   tensor scale; RHT on exactly summable inputs), the FP4/FP8 GEMMs by relative error;
+   tensor scale; RHT on exactly summable inputs), the FP4/FP8 GEMMs by relative error; and
+   training steps replayed from CUDA graphs against eager ones, bit for bit;
 3. times (median of ``triton.testing.do_bench``) the device copy bandwidth, each quantizer
    variant (and the reference ``quantize`` eager and under ``torch.compile``), the GEMMs at
    M×N×K = 8192×4096×4096 against bf16, and a ``QuantLinear`` fwd+bwd against ``nn.Linear``;
@@ -311,6 +312,40 @@ def check_gemms() -> dict:
 # ----------------------------------------------------------------------------- 3. timings
 
 
+def check_cuda_graphs() -> dict:
+    """Training steps replayed from CUDA graphs (``fp4train.graphs``) equal eager steps bit for
+    bit: two ``QuantLinear`` layers per recipe, three AdamW steps from the same weights under
+    bf16 autocast; the losses, the final weights and the SR step counters are compared."""
+    from fp4train.graphs import capture_training_graph
+    from fp4train.linear import QuantLinear
+
+    x = torch.randn(512, 1024, device="cuda")
+    out = {}
+    for recipe in ("nvfp4", "mxfp4", "fp8"):
+        runs = []
+        for graphed in (False, True):
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(QuantLinear(1024, 2048, recipe=recipe), torch.nn.GELU(),
+                                        QuantLinear(2048, 1024, recipe=recipe)).cuda()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                forward = capture_training_graph(model, (x,)) if graphed else model
+            losses = []
+            for _ in range(3):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = forward(x).float().square().mean()
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+            runs.append((losses, [p.detach().clone() for p in model.parameters()], int(model[0].sr_step)))
+        (l0, p0, c0), (l1, p1, c1) = runs
+        same = l0 == l1 and c0 == c1 == 3 and all(torch.equal(a, b) for a, b in zip(p0, p1))
+        out[f"CUDA graph == eager: {recipe} QuantLinear ×2, 3 AdamW steps (losses, weights, SR counters)"] = same
+        log(f"cuda graph {recipe}: eager losses {l0}, graphed {l1}, counters {c0} {c1}")
+    return out
+
+
 def copy_bandwidth() -> float:
     x = torch.empty(2**28, dtype=torch.float32, device="cuda").normal_()
     y = torch.empty_like(x)
@@ -505,7 +540,8 @@ def markdown(res: dict) -> str:
               "| layer | eager ms | GPU ms | time vs bf16 (eager) | time vs bf16 (GPU) |", "|---|---|---|---|---|"]
     lines += [f"| {r['linear']} | {r['eager_ms']:.3f} | {r['gpu_ms']:.3f} | {1 / r['vs_bf16_eager']:.2f}× | {1 / r['vs_bf16_gpu']:.2f}× |" for r in res["linear"]]
     lines += ["\n## GPU checks against the CPU reference\n", "| check | result |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in {**res["check_quantize"], **{f'GEMM rel. error {k}': f'{v:.1e}' for k, v in res['check_gemm'].items()}}.items()]
+    gemm_errors = {f'GEMM rel. error {k}': f'{v:.1e}' for k, v in res['check_gemm'].items()}
+    lines += [f"| {k} | {v} |" for k, v in {**res["check_quantize"], **gemm_errors, **res.get("check_graph", {})}.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -523,7 +559,8 @@ def main() -> None:
     if "check" not in args.skip:
         res["check_quantize"] = check_quantizers()
         res["check_gemm"] = check_gemms()
-        log(f"checks: {res['check_quantize']} {res['check_gemm']}")
+        res["check_graph"] = check_cuda_graphs()
+        log(f"checks: {res['check_quantize']} {res['check_gemm']} {res['check_graph']}")
     torch.backends.cuda.matmul.allow_tf32 = True
     res["copy_GBs"] = copy_bandwidth()
     log(f"copy bandwidth {res['copy_GBs']:.0f} GB/s")
@@ -538,7 +575,7 @@ def main() -> None:
                 res[f"{part}_error"] = repr(e)
                 log(f"{part} failed: {e!r}")
             (args.out / "bench.json").write_text(json.dumps(res, indent=1))
-    res.setdefault("check_quantize", {}), res.setdefault("check_gemm", {})
+    res.setdefault("check_quantize", {}), res.setdefault("check_gemm", {}), res.setdefault("check_graph", {})
     for part, _ in parts:
         res.setdefault(part, [])
     (args.out / "bench.md").write_text(markdown(res))

@@ -7,7 +7,10 @@ linear inside the blocks quantized (``bf16_first_blocks = bf16_last_blocks = 0``
 median step time over ``--steps`` after warm-up, items per second, and peak GPU memory. All
 recipes of a model run side by side in one process (``--models`` / ``--recipes`` pick a subset;
 bf16 always runs). ``--profile`` adds each step's GPU busy time, largest kernels and costliest
-Python functions. Writes ``train_step.json`` and ``train_step.md`` to ``--out``.
+Python functions. ``--cuda-graph`` adds each recipe's step with the forward and backward replayed
+from CUDA graphs (``fp4train.graphs``, as ``trainer.cuda_graph=true`` trains), compared with bf16
+replayed the same way; both modes start from the same weights and draw the same SR bits, so
+their final losses must be equal. Writes ``train_step.json`` and ``train_step.md`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from fp4train.convert import convert
+from fp4train.graphs import capture_training_graph
 from fp4train.models import build_model
 from fp4train.recipes import RecipeConfig
 
@@ -37,11 +41,14 @@ MODELS = {  # name: (size, overrides, batch maker, items per batch, item name)
 }
 
 
-def loss_of(name: str, model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+def model_input(name: str, batch: torch.Tensor) -> torch.Tensor:
+    return batch[:, :-1].contiguous() if name == "hybrid_lm" else batch
+
+
+def loss_of(name: str, forward, batch: torch.Tensor) -> torch.Tensor:
+    logits = forward(model_input(name, batch))
     if name == "hybrid_lm":
-        logits = model(batch[:, :-1])
         return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
-    logits = model(batch)
     return F.cross_entropy(logits.float(), torch.zeros(len(batch), dtype=torch.long, device="cuda"))
 
 
@@ -67,7 +74,7 @@ def host_functions(step, n: int = 12) -> list[tuple[str, float]]:
     return sorted(own, key=lambda kv: -kv[1])[:n]
 
 
-def bench(name: str, recipe: str, steps: int, profile: bool = False) -> dict:
+def bench(name: str, recipe: str, steps: int, profile: bool = False, graphed: bool = False) -> dict:
     size, overrides, make_batch, items, item_name = MODELS[name]
     torch.manual_seed(0)
     model = build_model(name, size, **overrides).cuda()
@@ -76,10 +83,14 @@ def bench(name: str, recipe: str, steps: int, profile: bool = False) -> dict:
     batch = make_batch()
     times = []
     torch.cuda.reset_peak_memory_stats()
+    forward = model
+    if graphed:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            forward = capture_training_graph(model, (model_input(name, batch),))
 
     def step() -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = loss_of(name, model, batch)
+            loss = loss_of(name, forward, batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -94,7 +105,7 @@ def bench(name: str, recipe: str, steps: int, profile: bool = False) -> dict:
             times.append(time.perf_counter() - t)
     step_ms = statistics.median(times) * 1e3
     row = {
-        "model": f"{name} {size}", "recipe": recipe, "quantized_linears": len(report.quantized),
+        "model": f"{name} {size}", "recipe": recipe, "cuda_graph": graphed, "quantized_linears": len(report.quantized),
         "step_ms": step_ms, f"{item_name}_per_s": items / step_ms * 1e3,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "loss": loss.item(),
     }
@@ -110,16 +121,18 @@ def markdown(rows: list[dict], device: str) -> str:
     """The table; with ``--profile`` also each step's GPU busy time (the sum of its kernels' times),
     which shows whether the step is bound by the GPU or by the host."""
     busy = all("gpu_busy_ms" in r for r in rows)
-    lines = [f"Training step per recipe on {device} (torch {torch.__version__}); every block linear quantized.", "",
-             "| model | recipe | quantized linears | step ms | × bf16 time | items/s | peak GiB | × bf16 memory |"
+    lines = [f"Training step per recipe on {device} (torch {torch.__version__}); every block linear quantized. "
+             "Ratios against bf16 run the same way (eager or CUDA graph).", "",
+             "| model | recipe | CUDA graph | quantized linears | step ms | × bf16 time | items/s | peak GiB | × bf16 memory | final loss |"
              + (" GPU busy ms | × bf16 GPU busy |" if busy else ""),
-             "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if busy else "")]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if busy else "")]
     for r in rows:
-        base = next(b for b in rows if b["model"] == r["model"] and b["recipe"] == "bf16")
+        graphed = r.get("cuda_graph", False)
+        base = next(b for b in rows if b["model"] == r["model"] and b["recipe"] == "bf16" and b.get("cuda_graph", False) == graphed)
         items = next(v for k, v in r.items() if k.endswith("_per_s"))
-        line = (f"| {r['model']} | {r['recipe']} | {r['quantized_linears']} | {r['step_ms']:.1f} | "
+        line = (f"| {r['model']} | {r['recipe']} | {'yes' if graphed else 'no'} | {r['quantized_linears']} | {r['step_ms']:.1f} | "
                 f"{r['step_ms'] / base['step_ms']:.2f} | {items:,.0f} | {r['peak_gib']:.2f} | "
-                f"{r['peak_gib'] / base['peak_gib']:.2f} |")
+                f"{r['peak_gib'] / base['peak_gib']:.2f} | {r['loss']:.6f} |")
         if busy:
             line += f" {r['gpu_busy_ms']:.1f} | {r['gpu_busy_ms'] / base['gpu_busy_ms']:.2f} |"
         lines.append(line)
@@ -133,13 +146,15 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="record one step's GPU busy time, largest kernels and costliest Python functions per recipe")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES), help="bf16 always runs (the baseline)")
+    parser.add_argument("--cuda-graph", action="store_true", help="also time each recipe with forward and backward replayed from CUDA graphs")
     args = parser.parse_args()
     rows = []
     for name in args.models:
         for recipe in ["bf16"] + [r for r in args.recipes if r != "bf16"]:
-            rows.append(bench(name, recipe, args.steps, args.profile))
-            print(json.dumps(rows[-1]), flush=True)
-            torch.cuda.empty_cache()
+            for graphed in (False, True) if args.cuda_graph else (False,):
+                rows.append(bench(name, recipe, args.steps, args.profile, graphed))
+                print(json.dumps(rows[-1]), flush=True)
+                torch.cuda.empty_cache()
     device = torch.cuda.get_device_name()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_step.json").write_text(json.dumps({"device": device, "torch": torch.__version__, "rows": rows}, indent=1))

@@ -10,6 +10,7 @@ import torch
 
 from fp4train.quant.api import QuantizedTensor
 from fp4train.quant.spec import QuantSpec
+from fp4train.quant.streams import SRStream
 
 from .fp8 import fp8_quantize_supported, quantize_fp8
 from .gemm import fp4_matmul, fp4_supported, fp8_matmul, fp8_supported, mx_fp8_matmul, mx_fp8_supported
@@ -20,24 +21,27 @@ __all__ = ["quantize_on_gpu", "quantize_pair_on_gpu", "matmul_on_gpu", "philox_s
 _GOLDEN = 0x9E3779B97F4A7C15
 
 
-def philox_seed(spec: QuantSpec, generator: torch.Generator | None) -> int:
-    """The in-kernel Philox seed for SR without explicit bits: ``spec.seed`` without a generator
-    (equal calls give equal bits, as in the reference); else one derived from the generator's
-    state, which then advances, so later calls draw other bits. A CUDA generator is read through
-    its seed and Philox offset, without a device synchronisation."""
+def philox_seed(spec: QuantSpec, generator: torch.Generator | SRStream | None) -> tuple[int, torch.Tensor | None]:
+    """The in-kernel Philox key and counter word for SR without explicit bits: ``spec.seed``
+    without a generator (equal calls give equal bits, as in the reference); an ``SRStream``'s key
+    and device counter; else a key derived from the generator's state, which then advances, so
+    later calls draw other bits. A CUDA generator is read through its seed and Philox offset,
+    without a device synchronisation. The counter is ``None`` (0) but for an ``SRStream``."""
     if generator is None:
-        return spec.seed
+        return spec.seed, None
+    if isinstance(generator, SRStream):
+        return generator.key, generator.counter
     if generator.device.type == "cpu":
-        return int(torch.randint(0, 2**62, (1,), generator=generator))
+        return int(torch.randint(0, 2**62, (1,), generator=generator)), None
     offset = generator.get_offset()
     generator.set_offset(offset + 4)
-    return (generator.initial_seed() + offset * _GOLDEN) % 2**62
+    return (generator.initial_seed() + offset * _GOLDEN) % 2**62, None
 
 
 def quantize_on_gpu(
     x: torch.Tensor,
     spec: QuantSpec,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | SRStream | None = None,
     rand_bits: torch.Tensor | None = None,
 ) -> QuantizedTensor | None:
     """``quantize(x, spec, ...)`` by the fused kernels for a CUDA ``x`` and a supported spec (FP4
@@ -57,18 +61,18 @@ def quantize_on_gpu(
         if tuple(rand_bits.shape) != (m, k):
             return None  # the reference raises the error that names the expected shape
         rand_bits = rand_bits.to(device=x.device, dtype=torch.int32)
-    seed = philox_seed(spec, generator) if spec.rounding == "sr" and rand_bits is None else None
+    seed, counter = philox_seed(spec, generator) if spec.rounding == "sr" and rand_bits is None else (None, None)
     if transposed:
-        return quantize_fp4_pair(x.T, None, spec, col_rand=rand_bits, seed=seed)[1]
-    return quantize_fp4(x, spec, rand_bits=rand_bits, seed=seed)
+        return quantize_fp4_pair(x.T, None, spec, col_rand=rand_bits, col_seed=seed, col_counter=counter)[1]
+    return quantize_fp4(x, spec, rand_bits=rand_bits, seed=seed, counter=counter)
 
 
 def quantize_pair_on_gpu(
     x: torch.Tensor,
     row_spec: QuantSpec,
     col_spec: QuantSpec,
-    row_generator: torch.Generator | None,
-    col_generator: torch.Generator | None,
+    row_generator: torch.Generator | SRStream | None,
+    col_generator: torch.Generator | SRStream | None,
 ) -> tuple[QuantizedTensor, QuantizedTensor] | None:
     """``quantize_pair`` by one launch of the fused kernel (one read of ``x``, both orientations),
     when it handles both specs; each SR orientation draws in-kernel Philox bits from its own
@@ -78,9 +82,11 @@ def quantize_pair_on_gpu(
         return quantize_fp8(x, row_spec, col_spec)
     if not (x.is_cuda and supports(x, row_spec) and supports(x, col_spec, colwise=True) and pairable(row_spec, col_spec)):
         return None
-    row_seed = philox_seed(row_spec, row_generator) if row_spec.rounding == "sr" else None
-    col_seed = philox_seed(col_spec, col_generator) if col_spec.rounding == "sr" else None
-    return quantize_fp4_pair(x, row_spec, col_spec, seed=row_seed, col_seed=col_seed)
+    row_seed, row_counter = philox_seed(row_spec, row_generator) if row_spec.rounding == "sr" else (None, None)
+    col_seed, col_counter = philox_seed(col_spec, col_generator) if col_spec.rounding == "sr" else (None, None)
+    return quantize_fp4_pair(
+        x, row_spec, col_spec, seed=row_seed, col_seed=col_seed, counter=row_counter, col_counter=col_counter
+    )
 
 
 def matmul_on_gpu(

@@ -162,13 +162,15 @@ def _rht(v, h_ptr, R: tl.constexpr, C: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
-def _philox_bits(seed, rows, col0, n_cols, R: tl.constexpr, C: tl.constexpr, SR_BITS: tl.constexpr):
-    """``SR_BITS``-bit random integers for the (R, C) tile, from one Philox4x32 call per 8
-    elements (4 words of 2 × 16 bits; ``SR_BITS <= 16``) or per 4 elements (one word each)."""
+def _philox_bits(seed, counter, rows, col0, n_cols, R: tl.constexpr, C: tl.constexpr, SR_BITS: tl.constexpr):
+    """``SR_BITS``-bit random integers for the (R, C) tile, from one Philox4x32-10 call per 8
+    elements (4 words of 2 × 16 bits; ``SR_BITS <= 16``) or per 4 elements (one word each):
+    key ``seed``, counter words ``(element group, counter, 0, 0)`` (``quant.streams``)."""
     PER_WORD: tl.constexpr = 2 if SR_BITS <= 16 else 1
     G: tl.constexpr = 4 * PER_WORD
     group = rows[:, None] * (n_cols // G) + col0 // G + tl.arange(0, C // G)[None, :]
-    r0, r1, r2, r3 = tl.randint4x(seed, group)
+    zero = tl.zeros_like(group)
+    r0, r1, r2, r3 = tl.philox(seed, group, zero + counter.to(tl.int32), zero, zero)
     w = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), (R, C // PER_WORD))
     if PER_WORD == 2:
         w = tl.reshape(tl.join(w & 0xFFFF, (w >> 16) & 0xFFFF), (R, C))
@@ -178,7 +180,7 @@ def _philox_bits(seed, rows, col0, n_cols, R: tl.constexpr, C: tl.constexpr, SR_
 
 @triton.jit
 def _quantize_tile(
-    v, row0, col0, n_rows, n_cols, codes_ptr, scales_ptr, amax_ptr, ts_ptr, rand_ptr, seed,
+    v, row0, col0, n_rows, n_cols, codes_ptr, scales_ptr, amax_ptr, ts_ptr, rand_ptr, seed, counter_ptr,
     R: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
     MX: tl.constexpr, MX_CEIL: tl.constexpr, SR_BITS: tl.constexpr, PHILOX: tl.constexpr,
     ONE_SIXTH: tl.constexpr,
@@ -228,7 +230,7 @@ def _quantize_tile(
     rbits = 0
     if SR_BITS > 0:
         if PHILOX:
-            rbits = _philox_bits(seed, rows, col0, n_cols, R, C, SR_BITS)
+            rbits = _philox_bits(seed, tl.load(counter_ptr), rows, col0, n_cols, R, C, SR_BITS)
         else:
             mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
             rbits = tl.load(rand_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0)
@@ -306,22 +308,22 @@ def _amax_kernel(
 
 @triton.jit
 def _quantize_rows(
-    x, r0, c0, M, K, h_ptr, amax_ptr, ts_ptr, codes, scales, rand, seed,
+    x, r0, c0, M, K, h_ptr, amax_ptr, ts_ptr, codes, scales, rand, seed, counter_ptr,
     BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, MX: tl.constexpr, MX_CEIL: tl.constexpr,
     RHT: tl.constexpr, SR: tl.constexpr, PHILOX: tl.constexpr, ONE_SIXTH: tl.constexpr,
 ):
     """The row-wise orientation of the (BM, BK) tile ``x`` at ``(r0, c0)``: ``api.quantize(x, spec)``."""
     if RHT > 0:
         x = _rht(x, h_ptr, BM, BK, RHT)
-    _quantize_tile(x.to(tl.float32), r0, c0, M, K, codes, scales, amax_ptr, ts_ptr, rand, seed,
+    _quantize_tile(x.to(tl.float32), r0, c0, M, K, codes, scales, amax_ptr, ts_ptr, rand, seed, counter_ptr,
                    BM, BK, BR, BC, MX, MX_CEIL, SR, PHILOX, ONE_SIXTH)
 
 
 @triton.jit(do_not_specialize=["row_seed", "col_seed"])  # a new SR seed must not recompile
 def _quantize_kernel(
     x_ptr, M, K, stride, amax_ptr, ts_ptr, h_ptr,
-    row_codes, row_scales, row_rand, row_seed,
-    col_codes, col_scales, col_rand, col_seed,
+    row_codes, row_scales, row_rand, row_seed, row_counter,
+    col_codes, col_scales, col_rand, col_seed, col_counter,
     BM: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr, SPLIT: tl.constexpr, ROW_BM: tl.constexpr,
     ROW_VEC: tl.constexpr, REVERSE: tl.constexpr,
     BR: tl.constexpr, BC: tl.constexpr, MX: tl.constexpr, MX_CEIL: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr,
@@ -343,20 +345,20 @@ def _quantize_kernel(
             for i in tl.static_range(BM // ROW_BM):
                 r = r0 + i * ROW_BM
                 _quantize_rows(_load_tile(x_ptr, M, K, stride, r, c0, ROW_BM, BK, ROW_VEC), r, c0, M, K, h_ptr,
-                               amax_ptr, ts_ptr, row_codes, row_scales, row_rand, row_seed,
+                               amax_ptr, ts_ptr, row_codes, row_scales, row_rand, row_seed, row_counter,
                                ROW_BM, BK, BR, BC, MX, MX_CEIL, ROW_RHT, ROW_SR, PHILOX, ONE_SIXTH)
         else:
             x = tl.trans(_load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC))
             _quantize_rows(x, c0, r0, K, M, h_ptr, amax_ptr + 1, ts_ptr + 1, col_codes, col_scales, col_rand,
-                           col_seed, BK, BM, BR, BC, MX, MX_CEIL, COL_RHT, COL_SR, PHILOX, ONE_SIXTH)
+                           col_seed, col_counter, BK, BM, BR, BC, MX, MX_CEIL, COL_RHT, COL_SR, PHILOX, ONE_SIXTH)
     else:
         x = _load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC)
         if ROW:
             _quantize_rows(x, r0, c0, M, K, h_ptr, amax_ptr, ts_ptr, row_codes, row_scales, row_rand, row_seed,
-                           BM, BK, BR, BC, MX, MX_CEIL, ROW_RHT, ROW_SR, PHILOX, ONE_SIXTH)
+                           row_counter, BM, BK, BR, BC, MX, MX_CEIL, ROW_RHT, ROW_SR, PHILOX, ONE_SIXTH)
         if COL:
             _quantize_rows(tl.trans(x), c0, r0, K, M, h_ptr, amax_ptr + 1, ts_ptr + 1, col_codes, col_scales,
-                           col_rand, col_seed, BK, BM, BR, BC, MX, MX_CEIL, COL_RHT, COL_SR, PHILOX, ONE_SIXTH)
+                           col_rand, col_seed, col_counter, BK, BM, BR, BC, MX, MX_CEIL, COL_RHT, COL_SR, PHILOX, ONE_SIXTH)
 
 
 # ----------------------------------------------------------------------------- Python wrappers
@@ -396,7 +398,8 @@ def _interpreting() -> bool:
 
 
 def _placeholder(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A one-element tensor for pointer arguments a variant does not read (made once per device)."""
+    """A one-element zero tensor, made once per device and never written: for pointer arguments
+    a variant does not read, and the default Philox counter (read as 0)."""
     key = (device, dtype)
     if key not in _PLACEHOLDERS:
         _PLACEHOLDERS[key] = torch.zeros(1, dtype=dtype, device=device)
@@ -553,6 +556,8 @@ def quantize_fp4_pair(
     col_rand: torch.Tensor | None = None,
     seed: int | None = None,
     col_seed: int | None = None,
+    counter: torch.Tensor | None = None,
+    col_counter: torch.Tensor | None = None,
     amax: torch.Tensor | None = None,
     tile: Tile | tuple | None = None,
 ) -> tuple[QuantizedTensor | None, QuantizedTensor | None]:
@@ -564,7 +569,9 @@ def quantize_fp4_pair(
     SR takes bits from ``row_rand`` (M, K) / ``col_rand`` (K, M) (int32 in ``[0, 2^sr_bits)``)
     when given — then the result equals the reference called with ``rand_bits`` — else from
     in-kernel Philox seeded with ``seed`` (default: the first spec's seed) and ``col_seed``
-    for the column-wise stream (default ``seed + 1``). ``amax``: optional float32 ``(2,)``
+    for the column-wise stream (default ``seed + 1``), at Philox counter word ``counter`` /
+    ``col_counter`` (0-dim int64 tensors on ``x``'s device, read by the kernel when it runs, so
+    a CUDA graph replays with the value they hold then; default 0). ``amax``: optional float32 ``(2,)``
     tensor amaxes (row, col) for NVFP4, e.g. from the producer of ``x``, which skips the amax
     pass. ``tile``: a ``Tile`` (or its tuple) instead of ``_tile``'s choice (benchmarks).
     """
@@ -582,6 +589,9 @@ def quantize_fp4_pair(
     for rand, shape in ((row_rand, (m, k)), (col_rand, (k, m))):
         if rand is not None and (tuple(rand.shape) != shape or rand.dtype != torch.int32):
             raise ValueError(f"rand_bits must be int32 of shape {shape}, got {rand.dtype} {tuple(rand.shape)}")
+    for name, c in (("counter", counter), ("col_counter", col_counter)):
+        if c is not None and (c.dtype != torch.int64 or c.dim() != 0 or c.device != x.device):
+            raise ValueError(f"{name} must be a 0-dim int64 tensor on {x.device}, got {c.dtype} {tuple(c.shape)} on {c.device}")
     plan = _plan(row_spec, col_spec, tuple(x.shape), x.dtype, amax is not None, explicit, None if tile is None else tuple(tile))
     dev = x.device
     d, rseed = plan.rht
@@ -602,11 +612,12 @@ def quantize_fp4_pair(
             amax_buf = torch.zeros(2, dtype=torch.int32, device=dev)
             _amax_kernel[(plan.tiles,)](xm, m, k, xm.stride(0), amax_buf, h, **plan.amax_args)
     base_seed = ((row_spec or col_spec).seed if seed is None else seed) % _SEED_MOD
-    dummy = _placeholder(dev, torch.int32)
+    dummy, zero = _placeholder(dev, torch.int32), _placeholder(dev, torch.int64)
     _quantize_kernel[(2 * plan.tiles if plan.split else plan.tiles,)](
         xm, m, k, xm.stride(0), amax_buf, ts, h,
-        rc, rs, row_rand if row_rand is not None else dummy, base_seed,
+        rc, rs, row_rand if row_rand is not None else dummy, base_seed, zero if counter is None else counter,
         cc, cs, col_rand if col_rand is not None else dummy, (base_seed + 1 if col_seed is None else col_seed) % _SEED_MOD,
+        zero if col_counter is None else col_counter,
         **plan.quantize_args,
     )
 
@@ -626,8 +637,10 @@ def quantize_fp4(
     *,
     rand_bits: torch.Tensor | None = None,
     seed: int | None = None,
+    counter: torch.Tensor | None = None,
 ) -> QuantizedTensor:
     """``fp4train.quant.quantize(x, spec, rand_bits=rand_bits)`` on the GPU, bit for bit (SR with
-    ``rand_bits=None`` draws in-kernel Philox bits seeded with ``seed``, default ``spec.seed``)."""
-    row, _ = quantize_fp4_pair(x, spec, None, row_rand=rand_bits, seed=seed)
+    ``rand_bits=None`` draws in-kernel Philox bits seeded with ``seed``, default ``spec.seed``,
+    at counter word ``counter``: ``quantize_fp4_pair``)."""
+    row, _ = quantize_fp4_pair(x, spec, None, row_rand=rand_bits, seed=seed, counter=counter)
     return row

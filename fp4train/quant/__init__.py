@@ -4,9 +4,12 @@ from .api import QuantizedTensor, dequantize, fake_quantize, quantize, quantize_
 from .formats import E2M1, E4M3, E5M2, decode, encode, pack_fp4, round_to_grid, unpack_fp4
 from .hadamard import apply_rht, rht_matrix, rht_signs
 from .spec import BLOCK_FORMATS, QuantSpec
+from .streams import SRStream, stream_seed
 
 __all__ = [
     "QuantSpec",
+    "SRStream",
+    "stream_seed",
     "QuantizedTensor",
     "quantize",
     "quantize_pair",

@@ -33,6 +33,7 @@ from .formats import (
 )
 from .hadamard import apply_rht
 from .spec import QuantSpec
+from .streams import SRStream
 
 __all__ = ["QuantizedTensor", "quantize", "quantize_pair", "dequantize", "fake_quantize"]
 
@@ -98,14 +99,15 @@ def quantize(
     x: torch.Tensor,
     spec: QuantSpec,
     *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | SRStream | None = None,
     rand_bits: torch.Tensor | None = None,
 ) -> QuantizedTensor:
     """Quantize ``x`` with blocks along its last dimension (leading dims are flattened to rows).
 
     Stochastic rounding draws ``spec.sr_bits``-bit integers from ``generator`` (default: a
-    fresh generator seeded with ``spec.seed``, so equal calls give equal bits) unless
-    ``rand_bits`` (int tensor of the padded ``(M, K)`` shape) supplies them.
+    fresh generator seeded with ``spec.seed``, so equal calls give equal bits; an ``SRStream``:
+    its step's generator, or on the GPU its in-kernel stream) unless ``rand_bits`` (int tensor
+    of the padded ``(M, K)`` shape) supplies them.
     """
     if not isinstance(spec, QuantSpec):
         raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
@@ -153,6 +155,8 @@ def quantize(
     if spec.rounding == "sr" and rand_bits is None:
         if generator is None:
             generator = torch.Generator(device=m.device).manual_seed(spec.seed)
+        elif isinstance(generator, SRStream):
+            generator = generator.generator(m.device)
         rand_bits = random_bits((rows, cols), spec.sr_bits, generator, m.device)
     q = round_to_grid(scaled, fmt.element, spec.rounding, rand_bits, spec.sr_bits)
     codes = encode(q, fmt.element)
@@ -166,8 +170,8 @@ def quantize_pair(
     row_spec: QuantSpec,
     col_spec: QuantSpec,
     *,
-    row_generator: torch.Generator | None = None,
-    col_generator: torch.Generator | None = None,
+    row_generator: torch.Generator | SRStream | None = None,
+    col_generator: torch.Generator | SRStream | None = None,
 ) -> tuple[QuantizedTensor, QuantizedTensor]:
     """``(quantize(x, row_spec), quantize(x_mat.T, col_spec))`` with ``x_mat`` = ``x`` with its
     leading dims flattened: the two copies of one operand that a linear layer's GEMMs take
@@ -209,7 +213,7 @@ def fake_quantize(
     x: torch.Tensor,
     spec: QuantSpec,
     *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | SRStream | None = None,
     rand_bits: torch.Tensor | None = None,
     keep_rht: bool = False,
 ) -> torch.Tensor:

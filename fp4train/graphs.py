@@ -1,0 +1,72 @@
+"""CUDA graphs for a model's training forward and backward (``trainer.cuda_graph=true``).
+
+A quantized linear layer launches about 16 kernels per step, with Python work around each
+(quantize plans, allocations, Triton's launcher). Small models spend more time in that host
+work than on the GPU: on an H200 the NVFP4 ViT-small step took 144 ms of wall time for 32 ms
+of GPU work (``experiments/bench/results/train_step.md``). A CUDA graph replays the whole
+forward, and the whole backward, as one launch each (``torch.cuda.make_graphed_callables``).
+
+What makes the quantized layers capturable: no host synchronisation in their forward or
+backward, and SR bits keyed by a device counter (``fp4train.quant.streams``), so each replay
+draws the next step's bits — the bits the eager run draws. A graph is valid for the input
+shapes it was captured with and for the Python-side choices its modules made then (a
+precision schedule's switch, Q-EMA's warm-up): ``graph_key`` names those choices, and a
+changed key means capturing again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["capture_training_graph", "graph_key"]
+
+
+class _Forward(nn.Module):
+    """``model``'s forward behind a module of its own: ``make_graphed_callables`` patches the
+    forward of the module it is given, and ``model`` keeps its own (for eval) and its state dict."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.model(*args)
+
+
+def graph_key(model: nn.Module) -> tuple:
+    """The Python-side state a captured graph of ``model`` depends on: each module's
+    ``graph_key()``, for the modules that define one (``QuantLinear``: its high-precision GEMMs)."""
+    return tuple(m.graph_key() for m in model.modules() if hasattr(m, "graph_key"))
+
+
+def capture_training_graph(model: nn.Module, sample: tuple[torch.Tensor, ...]) -> Callable[..., torch.Tensor]:
+    """``model``'s training forward and backward captured in CUDA graphs for inputs shaped like
+    ``sample``: calling the result copies the inputs into the graph's and replays it; backward
+    replays the backward graph, and parameters get their gradients as usual.
+
+    Under ``torch.autocast`` the capture runs with autocast's weight-cast cache off (a cached
+    cast would be captured as a constant). ``make_graphed_callables`` runs three warm-up passes
+    and a capture pass: ``model``'s buffers (SR step counters, running statistics) are restored
+    afterwards, so the first replay continues where an eager step would.
+    """
+    if not model.training:
+        raise ValueError("capture_training_graph captures the training forward: call model.train() first")
+    if not sample or not all(isinstance(t, torch.Tensor) and t.is_cuda for t in sample):
+        got = [f"{type(t).__name__} on {getattr(t, 'device', '-')}" for t in sample]
+        raise ValueError(f"CUDA graphs capture CUDA inputs only; got {got}")
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    autocast = torch.is_autocast_enabled("cuda")
+    no_cache = (
+        torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
+        if autocast else contextlib.nullcontext()
+    )
+    with no_cache:
+        graphed = torch.cuda.make_graphed_callables(_Forward(model), sample, allow_unused_input=True)
+    with torch.no_grad():
+        for buffer, value in saved:
+            buffer.copy_(value)
+    return graphed

@@ -1,0 +1,62 @@
+"""CUDA-graph training (``fp4train.graphs``, ``trainer.cuda_graph``): what a CPU can check — what a
+capture depends on (``graph_key``), and bad input refused by name. The capture itself needs a
+GPU: ``python -m experiments.bench.run`` checks graphed against eager training steps, bit for bit."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fp4train.graphs import capture_training_graph, graph_key
+from fp4train.linear import QuantLinear
+from fp4train.recipes import RecipeConfig, build_recipe
+from fp4train.schedule import PrecisionSchedule
+from fp4train.tetrajet import QEMALinear
+from fp4train.train import DataConfig, ModelConfig, TrainConfig, TrainerConfig, train
+
+
+def test_graph_key_follows_the_precision_schedule():
+    model = nn.Sequential(QuantLinear(64, 64, recipe="nvfp4"), nn.ReLU(), QuantLinear(64, 32, recipe="nvfp4"))
+    schedule = PrecisionSchedule(switch_at=0.5, scope="forward")
+    schedule.apply(model, 0, 10)
+    before = graph_key(model)
+    schedule.apply(model, 4, 10)
+    assert graph_key(model) == before
+    schedule.apply(model, 5, 10)  # the switch: Fprop unquantized from here on
+    assert graph_key(model) != before and len(graph_key(model)) == 2
+
+
+def test_graph_key_follows_q_emas_warm_up():
+    recipe = build_recipe(RecipeConfig(name="tetrajet_qema", q_ema_decay=0.9, q_ema_warmup=2))
+    layer = QEMALinear.from_linear(nn.Linear(64, 32), recipe)
+    keys = [graph_key(layer)]
+    for _ in range(3):
+        layer.update_ema()
+        keys.append(graph_key(layer))
+    assert keys[0] == keys[1] != keys[2] == keys[3]  # Q-EMA rounds from the 2nd update on
+
+
+def test_graph_key_ignores_the_sr_counter():
+    """The SR step counter is a device tensor the kernels read: advancing it must not recapture."""
+    layer = QuantLinear(64, 32, recipe="nvfp4")
+    key = graph_key(layer)
+    layer(torch.randn(16, 64)).sum().backward()
+    assert int(layer.sr_step) == 1 and graph_key(layer) == key
+
+
+def test_capture_refuses_cpu_inputs_and_eval_mode_by_name():
+    model = nn.Linear(8, 8)
+    with pytest.raises(ValueError, match="CUDA inputs only.*Tensor on cpu"):
+        capture_training_graph(model, (torch.randn(2, 8),))
+    model.eval()
+    with pytest.raises(ValueError, match=r"model.train\(\)"):
+        capture_training_graph(model, (torch.randn(2, 8),))
+
+
+def test_cuda_graph_without_a_gpu_is_refused_by_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = TrainConfig(model=ModelConfig("hybrid_lm", "micro"), data=DataConfig("stdlib_text"),
+                      trainer=TrainerConfig(cuda_graph=True), out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="trainer.cuda_graph=true needs a CUDA GPU"):
+        train(copy.deepcopy(cfg))
