@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["capture_training_graph", "graph_key"]
+__all__ = ["TrainingGraph", "capture_training_graph", "graph_key"]
 
 
 class _Forward(nn.Module):
@@ -43,10 +43,33 @@ def graph_key(model: nn.Module) -> tuple:
     return tuple(m.graph_key() for m in model.modules() if hasattr(m, "graph_key"))
 
 
-def capture_training_graph(model: nn.Module, sample: tuple[torch.Tensor, ...]) -> Callable[..., torch.Tensor]:
+class TrainingGraph:
+    """A captured training forward and backward (``capture_training_graph``): call it like the
+    model. The backward graph writes the parameters' gradients into static buffers, which the
+    next replay overwrites; autograd would keep such a buffer as ``p.grad`` when ``p.grad`` is
+    unset, so a second micro-batch (gradient accumulation) would overwrite the first one's
+    gradient and then add itself again. A hook on each parameter hands autograd a copy instead
+    (one copy of the gradients per backward). ``release()`` removes the hooks."""
+
+    def __init__(self, graphed: Callable[..., torch.Tensor], params: list[nn.Parameter]) -> None:
+        self._graphed = graphed
+        self._hooks = [p.register_hook(torch.clone) for p in params]
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        return self._graphed(*args)
+
+    def release(self) -> None:
+        """Remove the gradient hooks (before capturing the model again, or training it eagerly)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+
+def capture_training_graph(model: nn.Module, sample: tuple[torch.Tensor, ...]) -> TrainingGraph:
     """``model``'s training forward and backward captured in CUDA graphs for inputs shaped like
     ``sample``: calling the result copies the inputs into the graph's and replays it; backward
-    replays the backward graph, and parameters get their gradients as usual.
+    replays the backward graph, and parameters get their gradients as usual (accumulating over
+    micro-batches included: ``TrainingGraph``).
 
     Under ``torch.autocast`` the capture runs with autocast's weight-cast cache off (a cached
     cast would be captured as a constant). ``make_graphed_callables`` runs three warm-up passes
@@ -69,4 +92,4 @@ def capture_training_graph(model: nn.Module, sample: tuple[torch.Tensor, ...]) -
     with torch.no_grad():
         for buffer, value in saved:
             buffer.copy_(value)
-    return graphed
+    return TrainingGraph(graphed, [p for p in model.parameters() if p.requires_grad])

@@ -31,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fp4train.graphs import capture_training_graph, graph_key
+from fp4train.graphs import TrainingGraph, capture_training_graph, graph_key
 from fp4train.optim import OptimConfig, build_optimizer, build_scheduler
 from fp4train.schedule import PrecisionSchedule
 
@@ -118,7 +118,7 @@ class TrainModule(L.LightningModule):
         self.optim_cfg = optim
         self.precision_schedule = precision_schedule or PrecisionSchedule()
         self.cuda_graph = cuda_graph
-        self._graph: tuple[tuple, Any] | None = None  # (what it was captured for, graphed forward)
+        self._graph: tuple[tuple, TrainingGraph] | None = None  # (what it was captured for, the graph)
         self._step_start: float | None = None
         self._items = 0
         self._step_lr = 0.0
@@ -133,6 +133,8 @@ class TrainModule(L.LightningModule):
             raise ValueError(f"trainer.cuda_graph runs on one device; this run has {self.trainer.world_size} processes")
         key = (tuple(x.shape), x.dtype, graph_key(self.model))
         if self._graph is None or self._graph[0] != key:
+            if self._graph is not None:
+                self._graph[1].release()
             self._graph = None  # the old graph's memory goes back to the pool before the new capture
             self._graph = (key, capture_training_graph(self.model, (x,)))
         return self._graph[1](x)

@@ -387,7 +387,6 @@ def supports(x: torch.Tensor, spec: QuantSpec, colwise: bool = False) -> bool:
     return rows % br == 0 and cols % bc == 0 and cols % (spec.rht or 1) == 0 and rows > 0 and indexable_by_int32(m * k)
 
 
-_RHT_CACHE: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 _PLACEHOLDERS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 _SEED_MOD = 2**31 - 1  # Philox seeds stay int32, so the kernel's argument type never changes
 
@@ -404,13 +403,6 @@ def _placeholder(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     if key not in _PLACEHOLDERS:
         _PLACEHOLDERS[key] = torch.zeros(1, dtype=dtype, device=device)
     return _PLACEHOLDERS[key]
-
-
-def _rht_on(d: int, seed: int, device: torch.device) -> torch.Tensor:
-    key = (d, seed, device)
-    if key not in _RHT_CACHE:
-        _RHT_CACHE[key] = rht_matrix(d, seed, device).contiguous()
-    return _RHT_CACHE[key]
 
 
 def pairable(row_spec: QuantSpec, col_spec: QuantSpec) -> bool:
@@ -595,7 +587,7 @@ def quantize_fp4_pair(
     plan = _plan(row_spec, col_spec, tuple(x.shape), x.dtype, amax is not None, explicit, None if tile is None else tuple(tile))
     dev = x.device
     d, rseed = plan.rht
-    h = _rht_on(d, rseed, dev) if d else _placeholder(dev, torch.float32)
+    h = rht_matrix(d, rseed, dev) if d else _placeholder(dev, torch.float32)
     u8 = torch.uint8
     rc, rs, cc, cs = (torch.empty(0, dtype=u8, device=dev),) * 4
     if row_spec is not None:

@@ -132,7 +132,7 @@ def nvfp4_tensor_scales(amax_tensor: torch.Tensor) -> tuple[torch.Tensor, torch.
 def nvfp4_block_scale(amax_b: torch.Tensor, s_enc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """E4M3 block decode scales ``sb`` (as float32 values on the E4M3 grid) and the element
     encode multipliers ``min(1 / (sb · s_dec), FLT_MAX)``."""
-    multiplier = s_enc * _FP4_MAX_RECIPROCAL.to(s_enc.device)
+    multiplier = s_enc * _FP4_MAX_RECIPROCAL  # a 0-dim CPU tensor: an fp32 scalar on any device, no copy
     sb = torch.clamp(amax_b * multiplier, max=FLT_MAX)
     sb = round_to_grid(sb, E4M3, "rn")  # saturates at 448
     sb = torch.where(torch.isfinite(amax_b), sb, torch.full_like(sb, torch.nan))

@@ -169,9 +169,14 @@ def _decode_table(fmt: ElementFormat) -> torch.Tensor:
     return torch.where(sign == 1, -mag, mag)
 
 
+@lru_cache(maxsize=None)
+def _decode_table_on(fmt: ElementFormat, device: torch.device) -> torch.Tensor:
+    return _decode_table(fmt).to(device)  # one copy per device: none per call, none in a CUDA graph capture
+
+
 def decode(codes: torch.Tensor, fmt: ElementFormat) -> torch.Tensor:
     """float32 values of unsigned integer ``codes`` (one code per element, not packed)."""
-    return _decode_table(fmt).to(codes.device)[codes.long()]
+    return _decode_table_on(fmt, codes.device)[codes.long()]
 
 
 def encode(v: torch.Tensor, fmt: ElementFormat) -> torch.Tensor:

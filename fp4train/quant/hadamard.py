@@ -39,10 +39,16 @@ def rht_signs(d: int, seed: int) -> torch.Tensor:
     return torch.randint(0, 2, (d,), generator=g).to(torch.float32) * 2 - 1
 
 
-def rht_matrix(d: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``R = diag(s) H_d / sqrt(d)`` as a float32 ``(d, d)`` tensor."""
-    _check_size(d)
+@lru_cache(maxsize=None)
+def _rht_matrix_on(d: int, seed: int, device: torch.device) -> torch.Tensor:
     return _rht_matrix_cpu(d, seed).to(device)
+
+
+def rht_matrix(d: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``R = diag(s) H_d / sqrt(d)`` as a float32 ``(d, d)`` tensor, made once per device (no
+    host-to-device copy per call, none inside a CUDA graph capture); shared: do not modify it."""
+    _check_size(d)
+    return _rht_matrix_on(d, seed, torch.device(device))
 
 
 def apply_rht(x: torch.Tensor, d: int, seed: int, inverse: bool = False) -> torch.Tensor:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fp4train.graphs import capture_training_graph, graph_key
+from fp4train.graphs import TrainingGraph, capture_training_graph, graph_key
 from fp4train.linear import QuantLinear
 from fp4train.recipes import RecipeConfig, build_recipe
 from fp4train.schedule import PrecisionSchedule
@@ -60,3 +60,36 @@ def test_cuda_graph_without_a_gpu_is_refused_by_name(tmp_path, monkeypatch):
                       trainer=TrainerConfig(cuda_graph=True), out_dir=str(tmp_path))
     with pytest.raises(ValueError, match="trainer.cuda_graph=true needs a CUDA GPU"):
         train(copy.deepcopy(cfg))
+
+
+class _StaticGradient(torch.autograd.Function):
+    """What ``make_graphed_callables``' backward does: the parameter's gradient is a static
+    buffer, detached, which the next backward (replay) overwrites."""
+
+    buffer: torch.Tensor
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x * p
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        _StaticGradient.buffer.copy_((g * x).sum(0))  # the replay writes the static buffer
+        return None, _StaticGradient.buffer.detach()
+
+
+@pytest.mark.parametrize("hooks", [True, False])
+def test_gradients_accumulate_over_micro_batches_despite_static_buffers(hooks):
+    """Without ``TrainingGraph``'s copies autograd keeps the static buffer as ``p.grad``, and the
+    second micro-batch overwrites the first's gradient and adds itself again (2·g2, not g1 + g2)."""
+    p = nn.Parameter(torch.ones(4))
+    _StaticGradient.buffer = torch.zeros(4)
+    graph = TrainingGraph(lambda x: _StaticGradient.apply(x, p), [p] if hooks else [])
+    x1, x2 = torch.full((2, 4), 1.0), torch.full((2, 4), 10.0)
+    graph(x1).sum().backward()
+    graph(x2).sum().backward()
+    assert torch.equal(p.grad, torch.full((4,), 2.0 + 20.0)) == hooks
+    graph.release()
+    assert not graph._hooks
