@@ -87,8 +87,16 @@ def capture_training_graph(model: nn.Module, sample: tuple[torch.Tensor, ...]) -
         torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
         if autocast else contextlib.nullcontext()
     )
-    with no_cache:
-        graphed = torch.cuda.make_graphed_callables(_Forward(model), sample, allow_unused_input=True)
+    try:
+        with no_cache:
+            graphed = torch.cuda.make_graphed_callables(_Forward(model), sample, allow_unused_input=True)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"capturing {type(model).__name__}'s training step in a CUDA graph failed: {e}\n"
+            "A captured model must run without host synchronisation (.item(), printing tensors, "
+            "data-dependent shapes) and without host-to-device copies of pageable memory; "
+            "train it eagerly with trainer.cuda_graph=false"
+        ) from e
     with torch.no_grad():
         for buffer, value in saved:
             buffer.copy_(value)
