@@ -11,7 +11,8 @@ backward, and SR bits keyed by a device counter (``fp4train.quant.streams``), so
 draws the next step's bits — the bits the eager run draws. A graph is valid for the input
 shapes it was captured with and for the Python-side choices its modules made then (a
 precision schedule's switch, Q-EMA's warm-up): ``graph_key`` names those choices, and a
-changed key means capturing again.
+changed key means capturing again. A replay runs no Python, so module hooks would not fire:
+steps with hooks registered run eagerly (``has_hooks``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["TrainingGraph", "capture_training_graph", "graph_key"]
+__all__ = ["TrainingGraph", "capture_training_graph", "graph_key", "has_hooks"]
 
 
 class _Forward(nn.Module):
@@ -63,6 +64,14 @@ class TrainingGraph:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+
+
+def has_hooks(model: nn.Module) -> bool:
+    """Whether a forward or backward hook is registered on ``model`` or a submodule: a replay runs
+    no Python, so it would skip the hook (callers run such steps eagerly; e.g. the quant-stats
+    logger hooks the layers' inputs on its logging steps)."""
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for m in model.modules())
 
 
 def capture_training_graph(model: nn.Module, sample: tuple[torch.Tensor, ...]) -> TrainingGraph:

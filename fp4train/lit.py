@@ -31,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fp4train.graphs import TrainingGraph, capture_training_graph, graph_key
+from fp4train.graphs import TrainingGraph, capture_training_graph, graph_key, has_hooks
 from fp4train.optim import OptimConfig, build_optimizer, build_scheduler
 from fp4train.schedule import PrecisionSchedule
 
@@ -126,8 +126,9 @@ class TrainModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``model(x)``; in training with ``cuda_graph``, replayed from the graph captured for
-        ``x``'s shape and the modules' ``graph_key`` (captured first when either is new)."""
-        if not (self.cuda_graph and self.training and torch.is_grad_enabled()):
+        ``x``'s shape and the modules' ``graph_key`` (captured first when either is new), except
+        on steps where a callback has hooked a module (the replay would skip the hook)."""
+        if not (self.cuda_graph and self.training and torch.is_grad_enabled()) or has_hooks(self.model):
             return self.model(x)
         if self.trainer.world_size > 1:
             raise ValueError(f"trainer.cuda_graph runs on one device; this run has {self.trainer.world_size} processes")

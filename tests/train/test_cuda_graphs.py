@@ -3,6 +3,7 @@ capture depends on (``graph_key``), and bad input refused by name. The capture i
 GPU: ``python -m experiments.bench.run`` checks graphed against eager training steps, bit for bit."""
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ import torch.nn as nn
 
 from fp4train.graphs import TrainingGraph, capture_training_graph, graph_key
 from fp4train.linear import QuantLinear
+from fp4train.lit import LanguageModelModule
+from fp4train.optim import OptimConfig
 from fp4train.recipes import RecipeConfig, build_recipe
 from fp4train.schedule import PrecisionSchedule
 from fp4train.tetrajet import QEMALinear
@@ -93,3 +96,21 @@ def test_gradients_accumulate_over_micro_batches_despite_static_buffers(hooks):
     assert torch.equal(p.grad, torch.full((4,), 2.0 + 20.0)) == hooks
     graph.release()
     assert not graph._hooks
+
+
+def test_steps_with_hooked_modules_run_eagerly():
+    """A replay runs no Python: with a hook on a layer (the quant-stats logger's input capture)
+    the step runs the model eagerly, so the hook sees the step's input; without one the module
+    goes on to capture (which a CPU input is refused)."""
+    model = nn.Sequential(QuantLinear(64, 32, recipe="nvfp4"))
+    module = LanguageModelModule(model, OptimConfig(), cuda_graph=True)
+    module._trainer = SimpleNamespace(world_size=1)
+    module.train()
+    x = torch.randn(16, 64)
+    seen = []
+    handle = model[0].register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    module(x)
+    assert len(seen) == 1 and seen[0] is x
+    handle.remove()
+    with pytest.raises(ValueError, match="CUDA inputs only"):
+        module(x)
