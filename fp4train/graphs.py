@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["TrainingGraph", "capture_training_graph", "graph_key", "has_hooks"]
+__all__ = ["TrainingGraph", "capture_training_graph", "check_one_process", "graph_key", "has_hooks"]
 
 
 class _Forward(nn.Module):
@@ -64,6 +64,13 @@ class TrainingGraph:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+
+
+def check_one_process(world_size: int) -> None:
+    """CUDA-graph training runs in one process: ``ValueError`` naming the world size otherwise
+    (DDP's gradient all-reduce is not captured with the graph)."""
+    if world_size > 1:
+        raise ValueError(f"trainer.cuda_graph runs on one device; this run has {world_size} processes")
 
 
 def has_hooks(model: nn.Module) -> bool:

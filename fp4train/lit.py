@@ -31,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fp4train.graphs import TrainingGraph, capture_training_graph, graph_key, has_hooks
+from fp4train.graphs import TrainingGraph, capture_training_graph, check_one_process, graph_key, has_hooks
 from fp4train.optim import OptimConfig, build_optimizer, build_scheduler
 from fp4train.schedule import PrecisionSchedule
 
@@ -130,8 +130,7 @@ class TrainModule(L.LightningModule):
         on steps where a callback has hooked a module (the replay would skip the hook)."""
         if not (self.cuda_graph and self.training and torch.is_grad_enabled()) or has_hooks(self.model):
             return self.model(x)
-        if self.trainer.world_size > 1:
-            raise ValueError(f"trainer.cuda_graph runs on one device; this run has {self.trainer.world_size} processes")
+        check_one_process(self.trainer.world_size)
         key = (tuple(x.shape), x.dtype, graph_key(self.model))
         if self._graph is None or self._graph[0] != key:
             if self._graph is not None:

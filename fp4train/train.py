@@ -36,6 +36,7 @@ from fp4train.callbacks import QuantStatsLogger, build_callbacks
 from fp4train.tetrajet_callbacks import QRampingCalibration
 from fp4train.convert import convert
 from fp4train.data import build_datasets
+from fp4train.graphs import check_one_process
 from fp4train.lit import DIVERGED_FILE, MODULES, StepDataModule
 from fp4train.models import REGISTRY, build_model
 from fp4train.optim import OptimConfig
@@ -243,6 +244,8 @@ def train(cfg: TrainConfig, overrides: list[str] | None = None) -> TrainResult:
     data = StepDataModule(train_set, val_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
     loggers = _loggers(cfg, out, overrides)
     trainer = _trainer(cfg, out, loggers, _callbacks(cfg, out))
+    if cfg.trainer.cuda_graph:
+        check_one_process(trainer.world_size)  # before any process is started
     try:
         trainer.fit(module, datamodule=data, ckpt_path=cfg.checkpoint.resume)
     except SIGTERMException:

@@ -16,7 +16,7 @@ from fp4train.optim import OptimConfig
 from fp4train.recipes import RecipeConfig, build_recipe
 from fp4train.schedule import PrecisionSchedule
 from fp4train.tetrajet import QEMALinear
-from fp4train.train import DataConfig, ModelConfig, TrainConfig, TrainerConfig, train
+from fp4train.train import DataConfig, LoggerConfig, ModelConfig, TrainConfig, TrainerConfig, train
 
 
 def test_graph_key_follows_the_precision_schedule():
@@ -114,3 +114,13 @@ def test_steps_with_hooked_modules_run_eagerly():
     handle.remove()
     with pytest.raises(ValueError, match="CUDA inputs only"):
         module(x)
+
+
+def test_cuda_graph_with_several_processes_is_refused_before_they_start(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # past the GPU check, on the CPU
+    cfg = TrainConfig(model=ModelConfig("hybrid_lm", "micro"), data=DataConfig("stdlib_text"),
+                      trainer=TrainerConfig(cuda_graph=True, accelerator="cpu", devices=2, strategy="ddp_spawn",
+                                            precision="32-true"),
+                      logger=LoggerConfig(wandb=False), out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="runs on one device; this run has 2 processes"):
+        train(cfg)
