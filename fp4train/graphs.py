@@ -2,13 +2,15 @@
 
 A quantized linear layer launches about 16 kernels per step, with Python work around each
 (quantize plans, allocations, Triton's launcher). Small models spend more time in that host
-work than on the GPU: on an H200 the NVFP4 ViT-small step took 144 ms of wall time for 32 ms
-of GPU work (``experiments/bench/results/train_step.md``). A CUDA graph replays the whole
-forward, and the whole backward, as one launch each (``torch.cuda.make_graphed_callables``).
+work than on the GPU: on an H200 the NVFP4 ViT-small step took 121 ms eagerly and 33 ms
+replayed from a graph (``experiments/bench/results/train_step.md``). A CUDA graph replays the
+whole forward, and the whole backward, as one launch each (``torch.cuda.make_graphed_callables``).
 
 What makes the quantized layers capturable: no host synchronisation in their forward or
 backward, and SR bits keyed by a device counter (``fp4train.quant.streams``), so each replay
-draws the next step's bits — the bits the eager run draws. A graph is valid for the input
+draws the next step's bits — the bits the eager run draws. (The replayed step can still differ
+from the eager one where PyTorch picks other kernels under capture: the hybrid LM's losses do,
+bf16 included; the ViT's and stacked ``QuantLinear``s' are equal bit for bit. NOTES.md v8.) A graph is valid for the input
 shapes it was captured with and for the Python-side choices its modules made then (a
 precision schedule's switch, Q-EMA's warm-up): ``graph_key`` names those choices, and a
 changed key means capturing again. A replay runs no Python, so module hooks would not fire:
@@ -18,8 +20,7 @@ steps with hooks registered run eagerly (``has_hooks``).
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
-
+import gc
 import torch
 from torch import nn
 
@@ -52,18 +53,30 @@ class TrainingGraph:
     gradient and then add itself again. A hook on each parameter hands autograd a copy instead
     (one copy of the gradients per backward). ``release()`` removes the hooks."""
 
-    def __init__(self, graphed: Callable[..., torch.Tensor], params: list[nn.Parameter]) -> None:
-        self._graphed = graphed
+    def __init__(self, graphed: nn.Module, model: nn.Module, params: list[nn.Parameter]) -> None:
+        self._graphed, self._model = graphed, model
         self._hooks = [p.register_hook(torch.clone) for p in params]
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        if not (self._model.training and torch.is_grad_enabled()):
+            raise RuntimeError(
+                "a TrainingGraph replays the training step (and advances the SR step counters): "
+                "call the model itself in eval mode or without gradients"
+            )
         return self._graphed(*args)
 
     def release(self) -> None:
-        """Remove the gradient hooks (before capturing the model again, or training it eagerly)."""
+        """Remove the gradient hooks and free the graphs' memory (before capturing the model
+        again, or when training ends). ``make_graphed_callables`` patches the wrapper's
+        ``forward`` with a closure over the wrapper, a reference cycle that would keep both
+        graphs' memory pools until the garbage collector runs."""
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        if self._graphed is not None:
+            self._graphed.__dict__.pop("forward", None)
+            self._graphed = None
+        gc.collect()
 
 
 def check_one_process(world_size: int) -> None:
@@ -113,7 +126,8 @@ def capture_training_graph(model: nn.Module, sample: tuple[torch.Tensor, ...]) -
             "data-dependent shapes) and without host-to-device copies of pageable memory; "
             "train it eagerly with trainer.cuda_graph=false"
         ) from e
-    with torch.no_grad():
-        for buffer, value in saved:
-            buffer.copy_(value)
-    return TrainingGraph(graphed, [p for p in model.parameters() if p.requires_grad])
+    finally:  # the warm-up passes advanced the buffers, also when the capture failed
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+    return TrainingGraph(graphed, model, [p for p in model.parameters() if p.requires_grad])

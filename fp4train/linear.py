@@ -7,7 +7,7 @@ FP32 accumulation). What backward needs is saved quantized and packed: the Wgrad
 (quantized along tokens in forward), and ``W`` itself (a parameter: saving it costs nothing).
 
 Stochastic rounding draws its bits from one ``SRStream`` per operand: key
-``stream_seed(recipe seed, layer id, operand)``, counter the layer's step counter ``sr_step``, a
+``stream_seed(recipe seed, layer id, operand[, rank > 0 of a data-parallel run])``, counter the layer's step counter ``sr_step``, a
 0-dim int64 tensor beside the weight that each training forward increments in place. On the GPU
 the kernels read the counter when they run, so the layer can be captured in a CUDA graph
 (``torch.cuda.make_graphed_callables``) and each replay draws the next step's bits, the same
@@ -101,6 +101,12 @@ class QuantLinear(nn.Linear):
         self.register_buffer("sr_step", torch.zeros((), dtype=torch.int64, device=self.weight.device), persistent=False)
         self.saved_bytes = 0  # bytes the last forward saved for backward (beside W)
 
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s initialisation, and the SR step counter back to 0 (after ``to_empty``)."""
+        super().reset_parameters()
+        if hasattr(self, "sr_step"):  # not yet while nn.Linear.__init__ runs
+            self.sr_step.zero_()
+
     @classmethod
     def from_linear(cls, linear: nn.Linear, recipe: Recipe, layer_id: int = 0) -> "QuantLinear":
         """A ``QuantLinear`` sharing ``linear``'s weight and bias parameters."""
@@ -120,11 +126,16 @@ class QuantLinear(nn.Linear):
         return all(self.operand_spec(o).is_identity for o in OPERANDS)
 
     def _stream(self, operand: str) -> SRStream | None:
-        """The SR stream of ``operand`` (``None`` when it rounds to nearest)."""
+        """The SR stream of ``operand`` (``None`` when it rounds to nearest). In a data-parallel
+        run each process but rank 0 mixes its rank into the key: the ranks round their different
+        data with independent bits."""
         spec = self.operand_spec(operand)
         if spec.rounding != "sr":
             return None
-        return SRStream(stream_seed(spec.seed, self.layer_id, OPERANDS.index(operand)), self.sr_step)
+        dist = torch.distributed
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        parts = (spec.seed, self.layer_id, OPERANDS.index(operand)) + ((rank,) if rank else ())
+        return SRStream(stream_seed(*parts), self.sr_step)
 
     def _quantize_operand(self, operand: str, t: torch.Tensor) -> QuantizedTensor:
         return quantize(t, self.operand_spec(operand), generator=self._stream(operand))
@@ -162,7 +173,8 @@ class QuantLinear(nn.Linear):
         return (tuple(sorted(self.high_precision)),)
 
     def get_extra_state(self) -> dict:
-        return {"sr_step": int(self.sr_step)}  # a plain int in checkpoints (a sync on the GPU: at save time only)
+        # a plain int in checkpoints (a sync on the GPU: at save time only); a meta layer has none yet
+        return {"sr_step": 0 if self.sr_step.is_meta else int(self.sr_step)}
 
     def set_extra_state(self, state: dict) -> None:
         self.sr_step.fill_(int(state["sr_step"]))

@@ -133,11 +133,17 @@ class TrainModule(L.LightningModule):
         check_one_process(self.trainer.world_size)
         key = (tuple(x.shape), x.dtype, graph_key(self.model))
         if self._graph is None or self._graph[0] != key:
-            if self._graph is not None:
-                self._graph[1].release()
-            self._graph = None  # the old graph's memory goes back to the pool before the new capture
+            self._release_graph()  # its memory goes back to the pool before the new capture
             self._graph = (key, capture_training_graph(self.model, (x,)))
         return self._graph[1](x)
+
+    def _release_graph(self) -> None:
+        if self._graph is not None:
+            self._graph[1].release()
+            self._graph = None
+
+    def on_train_end(self) -> None:
+        self._release_graph()
 
     def compute_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         """(mean loss, extra metrics, items counted for throughput) of one batch."""

@@ -10,7 +10,8 @@ bf16 always runs). ``--profile`` adds each step's GPU busy time, largest kernels
 Python functions. ``--cuda-graph`` adds each recipe's step with the forward and backward replayed
 from CUDA graphs (``fp4train.graphs``, as ``trainer.cuda_graph=true`` trains), compared with bf16
 replayed the same way; both modes start from the same weights and draw the same SR bits, so
-their final losses must be equal. Writes ``train_step.json`` and ``train_step.md`` to ``--out``.
+their final losses are equal wherever PyTorch runs the same kernels under capture (the ViT; not
+the hybrid LM, bf16 included: NOTES.md v8). Writes ``train_step.json`` and ``train_step.md`` to ``--out``.
 """
 
 from __future__ import annotations

@@ -51,6 +51,15 @@ class SRStream:
 
     def generator(self, device: torch.device | str) -> torch.Generator:
         """The generator the torch reference path draws from: seeded with
-        ``stream_seed(key, counter)``. Reads the counter on the host (for a CUDA counter, a
-        device synchronisation: the kernels never take this path)."""
+        ``stream_seed(key, counter)``. Reads the counter on the host: for a CUDA counter (an
+        operand the kernels do not handle, e.g. a token count that is not a whole number of
+        blocks) a device synchronisation per call, and no CUDA graph capture — a captured host
+        seed would replay one step's bits forever, so that is refused by name."""
+        if self.counter.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "SR on the torch reference path (an operand the kernels do not handle: see "
+                "fp4train.kernels.quantize.supports) draws from a host generator, which a CUDA graph "
+                "would replay unchanged; train eagerly (trainer.cuda_graph=false) or give the operand "
+                "whole blocks"
+            )
         return torch.Generator(device=device).manual_seed(stream_seed(self.key, int(self.counter)))

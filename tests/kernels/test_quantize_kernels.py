@@ -319,3 +319,15 @@ def test_tensors_of_2_to_the_31_elements_are_left_to_the_reference():
     assert not fp4_supported(a, b) and not mx_fp8_supported(a, b)
     a, b = operand(2**16, 64), operand(2**14, 64)
     assert fp4_supported(a, b) and mx_fp8_supported(a, b)
+
+
+@pytest.mark.parametrize("name", ["nvfp4", "mxfp4_ceil"])
+def test_a_column_wise_stream_equals_the_row_wise_stream_of_the_transpose(name):
+    """``quantize(y.T, spec, generator)`` on the GPU runs as ``y``'s column-wise orientation with
+    the generator's key and counter (``dispatch.quantize_on_gpu``): it must draw the bits that
+    ``quantize(y.T.contiguous(), ...)`` draws row-wise."""
+    y = torch.from_numpy(heavy_tailed(64, 128, seed=14)).to(torch.bfloat16)
+    spec = QuantSpec(**SPECS[name], rounding="sr")
+    counter = torch.tensor(5)
+    col = quantize_fp4_pair(y, None, spec, col_seed=21, col_counter=counter)[1]
+    assert_same(col, quantize_fp4(y.T.contiguous(), spec, seed=21, counter=counter), f"{name} transposed stream")

@@ -185,3 +185,24 @@ def test_nan_in_activations_reaches_the_output():
     x = torch.randn(16, 64)
     x[3, 3] = float("nan")
     assert torch.isnan(q(x)).all()  # NVFP4's tensor scale turns NaN: training notices
+
+
+def test_a_layer_built_on_meta_has_state_and_restarts_its_counter_after_to_empty():
+    q = QuantLinear(64, 48, recipe="nvfp4", device="meta")
+    assert q.state_dict()["_extra_state"] == {"sr_step": 0}
+    q.to_empty(device="cpu")
+    q.sr_step.fill_(7)  # to_empty leaves whatever the memory held
+    q.reset_parameters()  # what a meta-initialised model runs after to_empty
+    assert int(q.sr_step) == 0
+
+
+def test_ranks_of_a_data_parallel_run_draw_independent_sr_bits(monkeypatch):
+    q = QuantLinear.from_linear(nn.Linear(64, 48), build_recipe("nvfp4"))
+    keys = {}
+    for rank in (0, 1, 2):
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        keys[rank] = q._stream("dy_wgrad").key
+    monkeypatch.undo()
+    assert keys[0] == q._stream("dy_wgrad").key  # rank 0 draws what a single process draws
+    assert len(set(keys.values())) == 3

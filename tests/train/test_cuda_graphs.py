@@ -89,13 +89,25 @@ def test_gradients_accumulate_over_micro_batches_despite_static_buffers(hooks):
     second micro-batch overwrites the first's gradient and adds itself again (2·g2, not g1 + g2)."""
     p = nn.Parameter(torch.ones(4))
     _StaticGradient.buffer = torch.zeros(4)
-    graph = TrainingGraph(lambda x: _StaticGradient.apply(x, p), [p] if hooks else [])
+    graph = TrainingGraph(lambda x: _StaticGradient.apply(x, p), nn.Module(), [p] if hooks else [])
     x1, x2 = torch.full((2, 4), 1.0), torch.full((2, 4), 10.0)
     graph(x1).sum().backward()
     graph(x2).sum().backward()
     assert torch.equal(p.grad, torch.full((4,), 2.0 + 20.0)) == hooks
     graph.release()
     assert not graph._hooks
+
+
+def test_a_training_graph_refuses_eval_and_no_grad_calls():
+    """A replay is a training step (it advances the SR counters): eval and no-grad calls must use
+    the model itself."""
+    model = nn.Linear(4, 4)
+    graph = TrainingGraph(model, model, [])
+    graph(torch.randn(2, 4))
+    for ctx in (torch.no_grad(), torch.enable_grad()):
+        model.train(isinstance(ctx, torch.no_grad))  # training without gradients, then eval with them
+        with ctx, pytest.raises(RuntimeError, match="eval mode or without gradients"):
+            graph(torch.randn(2, 4))
 
 
 def test_steps_with_hooked_modules_run_eagerly():
