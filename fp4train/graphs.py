@@ -9,18 +9,20 @@ whole forward, and the whole backward, as one launch each (``torch.cuda.make_gra
 What makes the quantized layers capturable: no host synchronisation in their forward or
 backward, and SR bits keyed by a device counter (``fp4train.quant.streams``), so each replay
 draws the next step's bits — the bits the eager run draws. (The replayed step can still differ
-from the eager one where PyTorch picks other kernels under capture: the hybrid LM's losses do,
-bf16 included; the ViT's and stacked ``QuantLinear``s' are equal bit for bit. NOTES.md v8.) A graph is valid for the input
-shapes it was captured with and for the Python-side choices its modules made then (a
-precision schedule's switch, Q-EMA's warm-up): ``graph_key`` names those choices, and a
-changed key means capturing again. A replay runs no Python, so module hooks would not fire:
-steps with hooks registered run eagerly (``has_hooks``).
+from the eager one where PyTorch runs other kernels under capture: the hybrid LM's losses do,
+bf16 included; the ViT's and stacked ``QuantLinear``s' are equal bit for bit. NOTES.md v8.)
+
+A graph is valid for the input shapes it was captured with and for the Python-side choices its
+modules made then (a precision schedule's switch, Q-EMA's warm-up): ``graph_key`` names those
+choices, and a changed key means capturing again. A replay runs no Python, so module hooks
+would not fire: steps with hooks registered run eagerly (``has_hooks``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+
 import torch
 from torch import nn
 
@@ -51,7 +53,8 @@ class TrainingGraph:
     next replay overwrites; autograd would keep such a buffer as ``p.grad`` when ``p.grad`` is
     unset, so a second micro-batch (gradient accumulation) would overwrite the first one's
     gradient and then add itself again. A hook on each parameter hands autograd a copy instead
-    (one copy of the gradients per backward). ``release()`` removes the hooks."""
+    (one copy of the gradients per backward). ``release()`` removes the hooks and frees the
+    graphs' memory."""
 
     def __init__(self, graphed: nn.Module, model: nn.Module, params: list[nn.Parameter]) -> None:
         self._graphed, self._model = graphed, model

@@ -6,9 +6,9 @@ along that GEMM's reduction dimension with the recipe's spec for that operand (s
 FP32 accumulation). What backward needs is saved quantized and packed: the Wgrad copy of ``x``
 (quantized along tokens in forward), and ``W`` itself (a parameter: saving it costs nothing).
 
-Stochastic rounding draws its bits from one ``SRStream`` per operand: key
-``stream_seed(recipe seed, layer id, operand[, rank > 0 of a data-parallel run])``, counter the layer's step counter ``sr_step``, a
-0-dim int64 tensor beside the weight that each training forward increments in place. On the GPU
+Stochastic rounding draws its bits from one ``SRStream`` per operand: key ``stream_seed(recipe
+seed, layer id, operand[, rank if > 0])``, counter the layer's step counter ``sr_step``, a 0-dim
+int64 tensor beside the weight that each training forward increments in place. On the GPU
 the kernels read the counter when they run, so the layer can be captured in a CUDA graph
 (``torch.cuda.make_graphed_callables``) and each replay draws the next step's bits, the same
 bits as the eager run. The counter is part of the module's state dict, so a resumed run

@@ -3,9 +3,9 @@
 A ``torch.Generator`` is host state: a kernel seeded from it while a CUDA graph is captured
 would replay the captured seed at every step. An ``SRStream`` is a fixed integer ``key`` and a
 0-dim int64 ``counter`` tensor. On the GPU the quantize kernel reads the counter when it runs,
-and draws Philox4x32-10 with key ``key`` and counter words ``(element group, counter, 0, 0)``
-(Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11, §2 and §5: distinct
-counters give independent blocks). An in-place ``counter += 1`` captured in the same graph
+and draws Philox4x32-10 with key ``key mod (2^31 − 1)`` and counter words ``(element group,
+counter, 0, 0)`` (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11, §2 and
+§5: distinct counters give independent blocks). An in-place ``counter += 1`` captured in the same graph
 therefore gives every replay new bits, and eager and graphed runs draw the same bits.
 
 The torch reference path draws from a generator seeded with ``stream_seed(key, counter)``
