@@ -119,6 +119,7 @@ class TrainModule(L.LightningModule):
         self.precision_schedule = precision_schedule or PrecisionSchedule()
         self.cuda_graph = cuda_graph
         self._graph: tuple[tuple, TrainingGraph] | None = None  # (what it was captured for, the graph)
+        self._told_hooks = False
         self._step_start: float | None = None
         self._items = 0
         self._step_lr = 0.0
@@ -128,7 +129,13 @@ class TrainModule(L.LightningModule):
         """``model(x)``; in training with ``cuda_graph``, replayed from the graph captured for
         ``x``'s shape and the modules' ``graph_key`` (captured first when either is new), except
         on steps where a callback has hooked a module (the replay would skip the hook)."""
-        if not (self.cuda_graph and self.training and torch.is_grad_enabled()) or has_hooks(self.model):
+        if not (self.cuda_graph and self.training and torch.is_grad_enabled()):
+            return self.model(x)
+        if has_hooks(self.model):
+            if not self._told_hooks:
+                self._told_hooks = True
+                log.info("trainer.cuda_graph: steps on which a module has a hook (e.g. quant-stats logging "
+                         "steps) run eagerly; first at step %d", self.global_step)
             return self.model(x)
         check_one_process(self.trainer.world_size)
         key = (tuple(x.shape), x.dtype, graph_key(self.model))

@@ -110,19 +110,22 @@ def test_a_training_graph_refuses_eval_and_no_grad_calls():
             graph(torch.randn(2, 4))
 
 
-def test_steps_with_hooked_modules_run_eagerly():
+def test_steps_with_hooked_modules_run_eagerly(caplog):
     """A replay runs no Python: with a hook on a layer (the quant-stats logger's input capture)
     the step runs the model eagerly, so the hook sees the step's input; without one the module
     goes on to capture (which a CPU input is refused)."""
     model = nn.Sequential(QuantLinear(64, 32, recipe="nvfp4"))
     module = LanguageModelModule(model, OptimConfig(), cuda_graph=True)
-    module._trainer = SimpleNamespace(world_size=1)
+    module._trainer = SimpleNamespace(world_size=1, global_step=0)
     module.train()
     x = torch.randn(16, 64)
     seen = []
     handle = model[0].register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
-    module(x)
-    assert len(seen) == 1 and seen[0] is x
+    with caplog.at_level("INFO", logger="fp4train.lit"):
+        module(x)
+        module(x)
+    assert len(seen) == 2 and seen[0] is x
+    assert caplog.text.count("run eagerly") == 1  # said once, not every logging step
     handle.remove()
     with pytest.raises(ValueError, match="CUDA inputs only"):
         module(x)
