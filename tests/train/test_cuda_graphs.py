@@ -139,3 +139,39 @@ def test_cuda_graph_with_several_processes_is_refused_before_they_start(tmp_path
                       logger=LoggerConfig(wandb=False), out_dir=str(tmp_path))
     with pytest.raises(ValueError, match="runs on one device; this run has 2 processes"):
         train(cfg)
+
+
+def test_the_module_captures_once_per_shape_and_graph_key_and_releases_old_graphs(monkeypatch):
+    """``TrainModule.forward`` with ``cuda_graph``: one capture per (input shape, ``graph_key``),
+    the previous graph released before the next capture and at the end of training. The capture
+    itself is replaced by a stand-in here (it needs a GPU)."""
+    events = []
+
+    class FakeGraph:
+        def __init__(self, model, sample):
+            self.model, self.shape = model, tuple(sample[0].shape)
+            events.append(("capture", self.shape))
+
+        def __call__(self, x):
+            return self.model(x)
+
+        def release(self):
+            events.append(("release", self.shape))
+
+    monkeypatch.setattr("fp4train.lit.capture_training_graph", FakeGraph)
+    model = nn.Sequential(QuantLinear(64, 32, recipe="nvfp4"))
+    module = LanguageModelModule(model, OptimConfig(), cuda_graph=True)
+    module._trainer = SimpleNamespace(world_size=1, global_step=0)
+    module.train()
+    module(torch.randn(16, 64))
+    module(torch.randn(16, 64))
+    assert events == [("capture", (16, 64))]
+    model[0].high_precision = frozenset({"fprop"})  # a precision schedule's switch
+    module(torch.randn(16, 64))
+    module(torch.randn(32, 64))  # another shape
+    module.on_train_end()
+    assert events == [("capture", (16, 64)), ("release", (16, 64)), ("capture", (16, 64)),
+                      ("release", (16, 64)), ("capture", (32, 64)), ("release", (32, 64))]
+    module.eval()
+    module(torch.randn(8, 64))  # eval runs the model itself: no capture
+    assert len(events) == 6
