@@ -339,6 +339,8 @@ def check_cuda_graphs() -> dict:
                 opt.zero_grad(set_to_none=True)
                 losses.append(loss.item())
             runs.append((losses, [p.detach().clone() for p in model.parameters()], int(model[0].sr_step)))
+            if graphed:
+                forward.release()
         (l0, p0, c0), (l1, p1, c1) = runs
         same = l0 == l1 and c0 == c1 == 3 and all(torch.equal(a, b) for a, b in zip(p0, p1))
         out[f"CUDA graph == eager: {recipe} QuantLinear ×2, 3 AdamW steps (losses, weights, SR counters)"] = same
