@@ -5,6 +5,9 @@ along that GEMM's reduction dimension with the recipe's spec for that operand (s
 ``fp4train.recipes``), then multiply with ``fp4train.gemm.quantized_matmul`` (exact products,
 FP32 accumulation). What backward needs is saved quantized and packed: the Wgrad copy of ``x``
 (quantized along tokens in forward), and ``W`` itself (a parameter: saving it costs nothing).
+Where Dgrad's copy of ``W`` is Fprop's transposed (square weight blocks or one scale per tensor,
+round to nearest: ``quant.transposes_exactly``), Fprop's packed copy is saved too and backward
+transposes it (``quant.transpose``) instead of quantizing ``Wᵀ`` again.
 
 Stochastic rounding draws its bits from one ``SRStream`` per operand: key ``stream_seed(recipe
 seed, layer id, operand[, rank if > 0])``, counter the layer's step counter ``sr_step``, a 0-dim
@@ -22,7 +25,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fp4train.gemm import quantized_matmul
-from fp4train.quant import QuantizedTensor, QuantSpec, SRStream, dequantize, quantize, quantize_pair, stream_seed
+from fp4train.quant import (
+    QuantizedTensor,
+    QuantSpec,
+    SRStream,
+    dequantize,
+    quantize,
+    quantize_pair,
+    stream_seed,
+    transpose,
+    transposes_exactly,
+)
 from fp4train.recipes import BF16, GEMMS, OPERANDS, Recipe, build_recipe
 
 __all__ = ["QuantLinear"]
@@ -47,7 +60,8 @@ class _QuantLinearFunction(torch.autograd.Function):
         else:  # as addmm under autocast: bias in the activation dtype, added in FP32, one rounding
             y = (quantized_matmul(qx, qw, out_dtype=torch.float32, mx_fp8=mx_fp8) + bias.to(x.dtype).float()).to(x.dtype)
         ctx.layer, ctx.qxt, ctx.has_bias = layer, qxt, bias is not None
-        ctx.qw = qw if layer.recipe.double_quant else None
+        ctx.transpose_qw = layer._fprop_weight_serves_dgrad(qw)
+        ctx.qw = qw if layer.recipe.double_quant or ctx.transpose_qw else None
         ctx.x_dtype = x.dtype
         ctx.save_for_backward(weight)
         layer.saved_bytes = qxt.nbytes + (qw.nbytes if ctx.qw is not None else 0)
@@ -59,12 +73,16 @@ class _QuantLinearFunction(torch.autograd.Function):
         layer: QuantLinear = ctx.layer
         q = layer._quantize_operand
         with torch.autocast(device_type=dy.device.type, enabled=False):
-            w_src = dequantize(ctx.qw, dtype=torch.float32) if ctx.qw is not None else weight
-            if layer.operand_spec("w_dgrad").is_identity:  # an unquantized GEMM runs in the activation dtype
-                w_src = w_src.to(dy.dtype)
+            if ctx.transpose_qw:
+                qwt = transpose(ctx.qw)  # = quantize(Wᵀ, w_dgrad), without a second pass over W
+            else:
+                w_src = dequantize(ctx.qw, dtype=torch.float32) if ctx.qw is not None else weight
+                if layer.operand_spec("w_dgrad").is_identity:  # an unquantized GEMM runs in the activation dtype
+                    w_src = w_src.to(dy.dtype)
+                qwt = q("w_dgrad", w_src.T)
             qdy, qdyt = layer._quantize_pair("dy_dgrad", "dy_wgrad", dy)
             mx_fp8 = layer.recipe.mx_fp8_gemm
-            dx = quantized_matmul(qdy, q("w_dgrad", w_src.T), out_dtype=ctx.x_dtype, mx_fp8=mx_fp8)
+            dx = quantized_matmul(qdy, qwt, out_dtype=ctx.x_dtype, mx_fp8=mx_fp8)
             dw = quantized_matmul(qdyt, ctx.qxt, out_dtype=weight.dtype, mx_fp8=mx_fp8)
             db = dy.sum(0).to(weight.dtype) if ctx.has_bias else None
         ctx.qxt = ctx.qw = None
@@ -151,8 +169,23 @@ class QuantLinear(nn.Linear):
         )
 
     def quantize_weight(self, weight: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
-        """Fprop weight quantizer; a subclass may change how W is rounded (e.g. TetraJet's Q-EMA)."""
+        """Fprop weight quantizer; a subclass may change how W is rounded (e.g. TetraJet's Q-EMA)
+        and then says so in ``rounds_weight_plainly``."""
         return quantize(weight, spec)
+
+    def rounds_weight_plainly(self) -> bool:
+        """Whether ``quantize_weight(W, spec)`` is ``quantize(W, spec)`` (a subclass that rounds W
+        otherwise returns False while it does)."""
+        return True
+
+    def _fprop_weight_serves_dgrad(self, qw: QuantizedTensor) -> bool:
+        """Whether Dgrad's ``quantize(Wᵀ, w_dgrad)`` is Fprop's copy ``qw`` transposed
+        (``quant.transpose``): ``qw`` is plain ``quantize(W)`` with the Dgrad spec, and that spec
+        transposes exactly (NVFP4's 16×16 weight blocks, per-tensor FP8; round to nearest). Not
+        under TetraJet's double quantization, whose Dgrad copy is quantized from the Fprop copy."""
+        spec = self.operand_spec("w_dgrad")
+        plain = self.rounds_weight_plainly() and not self.recipe.double_quant
+        return plain and qw.spec == spec and transposes_exactly(spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_unquantized:

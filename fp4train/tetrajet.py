@@ -108,6 +108,9 @@ class QEMALinear(QuantLinear):
             return super().quantize_weight(weight, spec)
         return ema_round(weight.detach(), self.weight_ema, spec)
 
+    def rounds_weight_plainly(self) -> bool:
+        return not self._ema_rounds()
+
     def _ema_rounds(self) -> bool:
         return self.weight_ema is not None and self.ema_updates >= self.recipe.q_ema_warmup
 

@@ -33,7 +33,7 @@ from fp4train.kernels.gemm import DEFAULT_CONFIG, FUSED_CONFIG, TMA_CONFIG, _row
 from fp4train.kernels.mx_fp8 import mx_to_e4m3, mx_to_e4m3_reference
 from fp4train.kernels.fp8 import quantize_fp8
 from fp4train.kernels.quantize import quantize_fp4_pair
-from fp4train.quant import QuantizedTensor, QuantSpec, quantize
+from fp4train.quant import QuantizedTensor, QuantSpec, quantize, transpose
 from fp4train.recipes import RecipeConfig, build_recipe
 
 T0 = time.time()
@@ -240,6 +240,11 @@ def check_quantizers() -> dict:
     results["quantize() dispatch, contiguous"] = same(quantize(x.cuda(), NV), quantize(x, NV))
     results["quantize() dispatch, transposed view"] = same(quantize(x.cuda().T, MX), quantize(x.T.contiguous(), MX))
     results["quantize() dispatch, fp8 transposed view"] = same(quantize(x.cuda().T, E4), quantize(x.T.contiguous(), E4))
+    # Dgrad's weight copy: Fprop's transposed (the packed-code transpose kernel for FP4)
+    for data, make in INPUTS.items():
+        w = make(512, 1024, seed=5)
+        for spec in (NV_2D, E4):
+            results[f"transpose() of {spec.fmt} {spec.block_shape} {data}"] = same(transpose(quantize(w.cuda(), spec)), quantize(w.T.contiguous(), spec))
     return results
 
 
@@ -393,10 +398,11 @@ def time_quantizers(copy_gbs: float) -> list[dict]:
     return rows
 
 
-TILE_SWEEP = {  # variant: (BM, BK, VEC, num_warps, split) tiles to time; the first is `_tile`'s choice
+TILE_SWEEP = {  # variant: (BM, BK, VEC, num_warps, split) tiles to time; the first is the default
+    # (`_tile`'s choice; None: no tile given, i.e. NVFP4 dy's two launches)
     "nvfp4 col rn rht16 (x wgrad)": [(32, 256, 2, 4), (16, 512, 4, 4), (64, 256, 2, 4), (32, 128, 2, 2)],
     "nvfp4 row rn + col rn rht16 (x both)": [(32, 256, 2, 4, True), (16, 512, 4, 4), (32, 128, 2, 2, True)],
-    "nvfp4 row sr + col sr rht16 (dy both)": [(16, 256, 2, 4), (32, 256, 2, 4, True), (16, 512, 4, 4)],
+    "nvfp4 row sr + col sr rht16 (dy both)": [None, (16, 256, 2, 4), (32, 256, 2, 4, True), (16, 512, 4, 4)],
     "nvfp4 16x16 row + col (W both)": [(16, 512, 4, 4), (16, 256, 2, 4), (32, 256, 2, 4, True)],
     "mxfp4 floor col rn": [(64, 256, 2, 4), (32, 256, 2, 4), (64, 128, 2, 2)],
     "mxfp4 floor row rn + col rn (x, dy both)": [(32, 256, 2, 4, True), (32, 256, 2, 4), (64, 256, 2, 4, True), (32, 128, 2, 2, True)],
@@ -416,7 +422,8 @@ def time_tiles(copy_gbs: float) -> list[dict]:
         for tile in tiles:
             kw = {"amax": amax} if (row or col).fmt == "nvfp4" else {}
             t = gpu_ms(lambda: quantize_variant(x, row, col, tile=tile, **kw))
-            rows.append({"variant": name, "tile": list(tile), "gpu_ms": t, "frac_copy_bw": useful_bytes(row, col) / t / 1e6 / copy_gbs})
+            rows.append({"variant": name, "tile": list(tile) if tile else "two launches", "gpu_ms": t,
+                         "frac_copy_bw": useful_bytes(row, col) / t / 1e6 / copy_gbs})
             log(f"tile {name} {tile}: {t * 1e3:.1f} us")
     return rows
 
@@ -474,27 +481,40 @@ def _step_gpu_ms(step) -> float:
 LINEAR_SHAPES = [(4096, 4096), (4096, 14336)]  # (in, out) features; M tokens
 
 
+AUTOCAST_BASELINE = "nn.Linear, FP32 weights, bf16 autocast"
+
+
 def time_linears() -> list[dict]:
+    """Each layer's fwd + bwd against two baselines: a bf16 ``nn.Linear`` (bf16 weights and
+    gradients), and the mixed-precision one the training recipes run, an ``nn.Linear`` with FP32
+    master weights under bf16 autocast (a bf16 copy of W per forward, an FP32 weight gradient),
+    which is what a ``QuantLinear`` with FP32 weights replaces. ``QuantLinear`` rows have FP32
+    weights unless they say bf16."""
     from fp4train.linear import QuantLinear
 
     rows = []
     for k, n in LINEAR_SHAPES:
         x = torch.randn(M, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         dy = torch.randn(M, n, device="cuda", dtype=torch.bfloat16)
-        layers = {"bf16 nn.Linear": torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)}
+        layers = {"bf16 nn.Linear": torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16),
+                  AUTOCAST_BASELINE: torch.nn.Linear(k, n, bias=False, device="cuda")}
         for recipe in ("nvfp4", "mxfp4", "fp8"):
             layers[f"QuantLinear {recipe}"] = QuantLinear(k, n, bias=False, recipe=recipe, device="cuda")
         mx_fp8 = build_recipe(RecipeConfig(name="mxfp4", mx_fp8_gemm=True))
         layers["QuantLinear mxfp4 mx_fp8_gemm"] = QuantLinear(k, n, bias=False, recipe=mx_fp8, device="cuda")
+        layers["QuantLinear nvfp4, bf16 weights"] = QuantLinear(k, n, bias=False, recipe="nvfp4", device="cuda",
+                                                                dtype=torch.bfloat16)
         first = len(rows)
         for name, layer in layers.items():
             def step():
-                layer(x).backward(dy)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=name == AUTOCAST_BASELINE):
+                    y = layer(x)
+                y.backward(dy)
             for _ in range(3):
                 step()
             rows.append({"linear": f"{name} {M}×{k}→{n} fwd+bwd", "eager_ms": ms(step), "gpu_ms": _step_gpu_ms(step)})
             log(f"linear {rows[-1]}")
-            if name in ("QuantLinear nvfp4", "QuantLinear fp8", "QuantLinear mxfp4 mx_fp8_gemm") and k == n:
+            if name in ("QuantLinear nvfp4", "QuantLinear fp8", "QuantLinear mxfp4 mx_fp8_gemm", AUTOCAST_BASELINE) and k == n:
                 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                     step()
                     torch.cuda.synchronize()
@@ -502,6 +522,7 @@ def time_linears() -> list[dict]:
         for r in rows[first:]:
             r["vs_bf16_eager"] = rows[first]["eager_ms"] / r["eager_ms"]
             r["vs_bf16_gpu"] = rows[first]["gpu_ms"] / r["gpu_ms"]
+            r["vs_autocast_gpu"] = rows[first + 1]["gpu_ms"] / r["gpu_ms"]
     return rows
 
 
@@ -535,12 +556,16 @@ def markdown(res: dict) -> str:
                      f"{f('ms_reference_eager')} | {f('ms_reference_compiled')} |")
     lines += ["\n## Quantize pass alone (NVFP4 amax given) per tile (BM, BK, VEC, num_warps[, split]); first = default\n",
               "| variant | tile | GPU µs | of copy BW |", "|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {tuple(r['tile'])} | {r['gpu_ms'] * 1e3:.0f} | {r['frac_copy_bw']:.0%} |" for r in res["tiles"]]
+    lines += [f"| {r['variant']} | {r['tile'] if isinstance(r['tile'], str) else tuple(r['tile'])} | {r['gpu_ms'] * 1e3:.0f} | "
+              f"{r['frac_copy_bw']:.0%} |" for r in res["tiles"]]
     lines += ["\n## GEMM 8192×4096×4096 (M×N×K), bf16 output unless stated, GPU time (CUDA graph)\n", "| GEMM | ms | TFLOP/s | speed vs bf16 |", "|---|---|---|---|"]
     lines += [f"| {r['gemm']} | {r['ms']:.3f} | {r['TFLOP/s']:.0f} | {r['vs_bf16']:.2f} |" for r in res["gemm"]]
-    lines += ["\n## Linear fwd + bwd (eager wall time; GPU = sum of kernel times); time vs bf16 nn.Linear of the same shape\n",
-              "| layer | eager ms | GPU ms | time vs bf16 (eager) | time vs bf16 (GPU) |", "|---|---|---|---|---|"]
-    lines += [f"| {r['linear']} | {r['eager_ms']:.3f} | {r['gpu_ms']:.3f} | {1 / r['vs_bf16_eager']:.2f}× | {1 / r['vs_bf16_gpu']:.2f}× |" for r in res["linear"]]
+    lines += ["\n## Linear fwd + bwd (eager wall time; GPU = sum of kernel times); time vs bf16 nn.Linear of the same shape "
+              f"and vs the mixed-precision baseline ({AUTOCAST_BASELINE}); QuantLinear weights FP32 unless stated\n",
+              "| layer | eager ms | GPU ms | time vs bf16 (eager) | time vs bf16 (GPU) | time vs autocast (GPU) |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {r['linear']} | {r['eager_ms']:.3f} | {r['gpu_ms']:.3f} | {1 / r['vs_bf16_eager']:.2f}× | "
+              f"{1 / r['vs_bf16_gpu']:.2f}× | {1 / r['vs_autocast_gpu']:.2f}× |" for r in res["linear"]]
     lines += ["\n## GPU checks against the CPU reference\n", "| check | result |", "|---|---|"]
     gemm_errors = {f'GEMM rel. error {k}': f'{v:.1e}' for k, v in res['check_gemm'].items()}
     lines += [f"| {k} | {v} |" for k, v in {**res["check_quantize"], **gemm_errors, **res.get("check_graph", {})}.items()]

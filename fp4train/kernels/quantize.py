@@ -424,14 +424,18 @@ class Tile(NamedTuple):
     split: bool = False
 
 
+def _two_sr_and_rht(row_spec: QuantSpec, col_spec: QuantSpec) -> bool:
+    """Both orientations draw SR bits and one has an RHT (NVFP4's dy)."""
+    return row_spec.rounding == col_spec.rounding == "sr" and bool(row_spec.rht or col_spec.rht)
+
+
 def _split_pays(row_spec: QuantSpec, col_spec: QuantSpec) -> bool:
     """Whether both orientations are faster from two programs per tile (``Tile.split``) than from
     one: measured on an H200 (NOTES.md v7), yes for 1×N blocks (x both 111 → 102 µs, MXFP4 both
     129 → 76 µs, MXFP4 both with SR 209 → 153 µs at 8192×4096), except when both orientations
     draw SR bits and one has an RHT (NVFP4 dy: 189 → 214 µs; that column-wise program needs all
     255 registers, which the row-wise programs then get too); no for 16×16 blocks (62 → 75 µs)."""
-    two_sr_and_rht = row_spec.rounding == col_spec.rounding == "sr" and bool(row_spec.rht or col_spec.rht)
-    return row_spec.block_shape[0] == 1 and not two_sr_and_rht
+    return row_spec.block_shape[0] == 1 and not _two_sr_and_rht(row_spec, col_spec)
 
 
 def _tile(k: int, element_size: int, row: bool, col_block: int | None, two_sr: bool, split: bool) -> Tile:
@@ -474,6 +478,7 @@ class _Plan(NamedTuple):
 
     tiles: int  # (BM, BK) tiles of the input
     split: bool
+    separate: bool  # both orientations by two launches (each with its own tile) after one amax pass
     mx: bool
     rht: tuple[int, int]  # (size, seed) of the RHT, (0, 0) for none
     row_scales: tuple[int, int]  # shapes of the block-scale outputs
@@ -489,7 +494,10 @@ def _plan(
 ) -> _Plan:
     """Checks the specs against an input of ``shape`` and ``dtype``, viewed as an (M, K) matrix
     (``ValueError`` naming what is not supported), and picks the launch shape and constexprs: the
-    Python work of a call that does not depend on the tensors' data, done once per signature."""
+    Python work of a call that does not depend on the tensors' data, done once per signature.
+    Both orientations with SR and an RHT (``_two_sr_and_rht``) are written by two launches unless
+    ``tile`` is given: one program per tile holds both orientations' registers (255, NOTES.md v7),
+    and split programs inherit the column-wise program's allocation."""
     specs = [s for s in (row_spec, col_spec) if s is not None]
     first = specs[0]
     if not pairable(first, specs[-1]):
@@ -511,6 +519,7 @@ def _plan(
     both = row_spec is not None and col_spec is not None
     two_sr = both and row_spec.rounding == col_spec.rounding == "sr"
     col_block = None if col_spec is None else col_spec.block_shape[1]
+    tile_given = tile
     if tile is None:
         tile = _tile(k, element_size, row_spec is not None, col_block, two_sr, both and _split_pays(row_spec, col_spec))
     bm, bk, vec, warps, split = Tile(*tile)
@@ -524,6 +533,7 @@ def _plan(
     return _Plan(
         tiles=-(-m // bm) * -(-k // bk),
         split=split,
+        separate=both and tile_given is None and _two_sr_and_rht(row_spec, col_spec),
         mx=mx,
         rht=(d, rht_spec.seed) if rht_spec else (0, 0),
         row_scales=(m // br, k // bc),
@@ -588,12 +598,8 @@ def quantize_fp4_pair(
     dev = x.device
     d, rseed = plan.rht
     h = rht_matrix(d, rseed, dev) if d else _placeholder(dev, torch.float32)
-    u8 = torch.uint8
-    rc, rs, cc, cs = (torch.empty(0, dtype=u8, device=dev),) * 4
-    if row_spec is not None:
-        rc, rs = torch.empty(m, k // 2, dtype=u8, device=dev), torch.empty(plan.row_scales, dtype=u8, device=dev)
-    if col_spec is not None:
-        cc, cs = torch.empty(k, m // 2, dtype=u8, device=dev), torch.empty(plan.col_scales, dtype=u8, device=dev)
+    base_seed = (row_spec or col_spec).seed if seed is None else seed
+    col_seed = base_seed + 1 if col_seed is None else col_seed
     if plan.mx:  # no tensor scale: the kernel reads no amax and writes no decode scale
         amax_buf, ts = _placeholder(dev, torch.int32), _placeholder(dev, torch.float32)
     else:
@@ -603,13 +609,22 @@ def quantize_fp4_pair(
         else:
             amax_buf = torch.zeros(2, dtype=torch.int32, device=dev)
             _amax_kernel[(plan.tiles,)](xm, m, k, xm.stride(0), amax_buf, h, **plan.amax_args)
-    base_seed = ((row_spec or col_spec).seed if seed is None else seed) % _SEED_MOD
+    if plan.separate:  # one launch per orientation, both reading this amax pass's result
+        given = None if plan.mx else amax_buf.view(torch.float32)
+        row, _ = quantize_fp4_pair(x, row_spec, None, row_rand=row_rand, seed=base_seed, counter=counter, amax=given)
+        _, col = quantize_fp4_pair(x, None, col_spec, col_rand=col_rand, col_seed=col_seed, col_counter=col_counter, amax=given)
+        return row, col
+    u8 = torch.uint8
+    rc, rs, cc, cs = (torch.empty(0, dtype=u8, device=dev),) * 4
+    if row_spec is not None:
+        rc, rs = torch.empty(m, k // 2, dtype=u8, device=dev), torch.empty(plan.row_scales, dtype=u8, device=dev)
+    if col_spec is not None:
+        cc, cs = torch.empty(k, m // 2, dtype=u8, device=dev), torch.empty(plan.col_scales, dtype=u8, device=dev)
     dummy, zero = _placeholder(dev, torch.int32), _placeholder(dev, torch.int64)
     _quantize_kernel[(2 * plan.tiles if plan.split else plan.tiles,)](
         xm, m, k, xm.stride(0), amax_buf, ts, h,
-        rc, rs, row_rand if row_rand is not None else dummy, base_seed, zero if counter is None else counter,
-        cc, cs, col_rand if col_rand is not None else dummy, (base_seed + 1 if col_seed is None else col_seed) % _SEED_MOD,
-        zero if col_counter is None else col_counter,
+        rc, rs, row_rand if row_rand is not None else dummy, base_seed % _SEED_MOD, zero if counter is None else counter,
+        cc, cs, col_rand if col_rand is not None else dummy, col_seed % _SEED_MOD, zero if col_counter is None else col_counter,
         **plan.quantize_args,
     )
 

@@ -35,7 +35,7 @@ from .hadamard import apply_rht
 from .spec import QuantSpec
 from .streams import SRStream
 
-__all__ = ["QuantizedTensor", "quantize", "quantize_pair", "dequantize", "fake_quantize"]
+__all__ = ["QuantizedTensor", "quantize", "quantize_pair", "transposes_exactly", "transpose", "dequantize", "fake_quantize"]
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
@@ -188,6 +188,43 @@ def quantize_pair(
             return pair  # --- end of GPU dispatch ---
     x_mat = x.reshape(-1, x.shape[-1]) if x.dim() > 0 else x
     return quantize(x, row_spec, generator=row_generator), quantize(x_mat.T, col_spec, generator=col_generator)
+
+
+def transposes_exactly(spec: QuantSpec) -> bool:
+    """Whether ``quantize(x_mat.T, spec)`` is ``quantize(x, spec)`` transposed, for every ``x``:
+    square blocks or one scale per tensor (a block of ``x_mat.T`` is a block of ``x_mat``
+    transposed, with the same amax and scale), round to nearest (SR draws its bits in the
+    other order) and no RHT (it mixes along the other dimension)."""
+    if spec.is_identity or spec.rht is not None or spec.rounding != "rn":
+        return False
+    block = spec.block_shape
+    return block is None or block[0] == block[1]
+
+
+def transpose(qt: QuantizedTensor) -> QuantizedTensor:
+    """``quantize(x_mat.T, qt.spec)`` from ``qt = quantize(x, qt.spec)`` without ``x``, bit for bit
+    (``x_mat``: ``x`` with its leading dims flattened): the codes and block scales transposed,
+    the tensor scale shared. Needs ``transposes_exactly(qt.spec)``, e.g. NVFP4's 16×16 weight
+    blocks, whose Dgrad copy is then the Fprop copy transposed. On the GPU, FP4 codes are
+    transposed by one kernel (``fp4train.kernels.transpose``)."""
+    if not transposes_exactly(qt.spec):
+        raise ValueError(
+            f"transpose needs square blocks (or one scale per tensor), rounding 'rn' and no RHT; got {qt.spec}: "
+            "quantize the transposed tensor instead"
+        )
+    rows, cols = _matrix_shape(qt.shape)
+    shape = torch.Size((cols, rows))
+    scales = qt.scales if qt.spec.block_shape is None else qt.scales.T.contiguous()
+    padded = (qt.padded[1], qt.padded[0])
+    if not qt.spec.format.is_fp4:
+        codes = qt.data.T.contiguous()
+    elif qt.data.is_cuda:  # --- GPU dispatch (fp4train.kernels): one pass over the packed codes ---
+        from fp4train.kernels.transpose import transpose_fp4_codes
+
+        codes = transpose_fp4_codes(qt.data)  # --- end of GPU dispatch ---
+    else:
+        codes = pack_fp4(unpack_fp4(qt.data).T)
+    return QuantizedTensor(qt.spec, shape, qt.dtype, codes, scales, qt.tensor_scale, padded)
 
 
 def dequantize(qt: QuantizedTensor, *, keep_rht: bool = False, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-_KERNEL_MODULES = ("fp4train.kernels.quantize", "fp4train.kernels.fp8", "fp4train.kernels.gemm", "fp4train.kernels.mx_fp8")
+_KERNEL_MODULES = ("fp4train.kernels.quantize", "fp4train.kernels.fp8", "fp4train.kernels.gemm", "fp4train.kernels.mx_fp8", "fp4train.kernels.transpose")
 
 
 def _import_interpreted() -> None:

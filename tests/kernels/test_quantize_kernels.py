@@ -101,15 +101,33 @@ def test_split_tiles_equal_one_program_tiles(name):
         (dict(fmt="nvfp4"), dict(fmt="nvfp4", rht=16), True),  # x: 111 -> 102 us on the H200
         (dict(fmt="mxfp4"), dict(fmt="mxfp4"), True),  # 129 -> 76 us
         (dict(fmt="mxfp4", scale_rule="ceil", rounding="sr"), dict(fmt="mxfp4", scale_rule="ceil", rounding="sr"), True),
-        (dict(fmt="nvfp4", rounding="sr"), dict(fmt="nvfp4", rounding="sr", rht=16), False),  # dy: 189 vs 213 us
+        (dict(fmt="nvfp4", rounding="sr"), dict(fmt="nvfp4", rounding="sr", rht=16), False),  # dy: two launches
         (dict(fmt="nvfp4", block=(16, 16)), dict(fmt="nvfp4", block=(16, 16)), False),  # W: 62 vs 75 us
     ],
     ids=["nvfp4_x", "mxfp4_rn", "mxfp4_sr", "nvfp4_dy", "nvfp4_2d_w"],
 )
 def test_both_orientations_split_where_it_measured_faster(row, col, split):
-    """The default launch shape of each pair a linear layer quantizes (NOTES.md v7)."""
-    plan = _plan(QuantSpec(**row), QuantSpec(**col), (8192, 4096), torch.bfloat16, False, False, None)
+    """The default launch shape of each pair a linear layer quantizes (NOTES.md v7, v9)."""
+    row, col = QuantSpec(**row), QuantSpec(**col)
+    plan = _plan(row, col, (8192, 4096), torch.bfloat16, False, False, None)
     assert plan.split == split
+    assert plan.separate == (row.rounding == col.rounding == "sr" and bool(col.rht))
+
+
+@pytest.mark.parametrize("explicit", [True, False], ids=["explicit bits", "Philox"])
+def test_two_launches_equal_one_program(explicit):
+    """NVFP4's dy pair (SR both ways, RHT column-wise) by its default two launches after one amax
+    pass equals one program per tile (a given tile), with explicit bits and with Philox bits at
+    a counter: the same seeds, counters and tensor scales reach each orientation."""
+    x = torch.from_numpy(heavy_tailed(96, 128, seed=8)).to(torch.bfloat16)
+    row, col = QuantSpec("nvfp4", rounding="sr", seed=3), QuantSpec("nvfp4", rounding="sr", rht=16, seed=3)
+    kw = (dict(row_rand=sr_bits((96, 128), seed=9), col_rand=sr_bits((128, 96), seed=10)) if explicit
+          else dict(seed=11, counter=torch.tensor(4), col_counter=torch.tensor(6)))
+    one_program = (16, 128, 2, 2, False)
+    assert _plan(row, col, tuple(x.shape), x.dtype, False, explicit, None).separate
+    assert not _plan(row, col, tuple(x.shape), x.dtype, False, explicit, one_program).separate
+    for two, one in zip(quantize_fp4_pair(x, row, col, **kw), quantize_fp4_pair(x, row, col, tile=one_program, **kw)):
+        assert_same(two, one, f"two launches vs one program ({'explicit' if explicit else 'Philox'})")
 
 
 def exactly_summable(rows: int, cols: int, seed: int) -> torch.Tensor:

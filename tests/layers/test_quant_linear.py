@@ -8,8 +8,9 @@ import torch
 import torch.nn as nn
 
 from fp4train import QuantSpec, fake_quantize
+import fp4train.linear as linear_module
 from fp4train.linear import QuantLinear
-from fp4train.quant import stream_seed
+from fp4train.quant import quantize, stream_seed, transpose
 from fp4train.recipes import OPERANDS, RecipeConfig, build_recipe
 
 BF16 = QuantSpec("bf16")
@@ -154,10 +155,42 @@ def test_saved_tensors_are_packed_not_bf16():
     for name, max_ratio in (("nvfp4", 0.29), ("mxfp4", 0.27), ("fp8", 0.51)):
         q = QuantLinear.from_linear(nn.Linear(256, 256), build_recipe(name))
         q(x.requires_grad_(True)).sum().backward()
+        w_copy = q.recipe.w_fprop.block_shape in (None, (16, 16))  # Fprop's W kept for Dgrad (nvfp4, fp8)
+        w_bytes = quantize(q.weight.detach(), q.recipe.w_fprop).nbytes if w_copy else 0
         bf16_bytes = x.numel() * 2
-        ratio = q.saved_bytes / bf16_bytes
-        print(f"{name}: saved {q.saved_bytes} B for x vs {bf16_bytes} B in bf16 ({ratio:.3f})")
+        ratio = (q.saved_bytes - w_bytes) / bf16_bytes
+        print(f"{name}: saved {q.saved_bytes - w_bytes} B for x (+ {w_bytes} B for W) vs {bf16_bytes} B in bf16 ({ratio:.3f})")
         assert 0 < ratio <= max_ratio
+
+
+@pytest.mark.parametrize("name,reuses", [("nvfp4", True), ("fp8", True), ("mxfp4", False), ("nvfp4_1d_w", False),
+                                         ("nvfp4_sr_backward", False), ("mxfp4_2d_double_quant", False)])
+def test_dgrad_transposes_the_fprop_weight_copy_where_that_is_exact(name, reuses, monkeypatch):
+    cfg = {"nvfp4_1d_w": RecipeConfig(name="nvfp4", weight_2d=False),
+           "nvfp4_sr_backward": RecipeConfig(name="nvfp4", sr_scope="backward"),
+           "mxfp4_2d_double_quant": RecipeConfig(name="mxfp4", weight_2d=True, double_quant=True)}.get(name, name)
+    recipe = build_recipe(cfg)
+    lin, w, b = make_pair(64, 96)
+    q = QuantLinear.from_linear(lin, recipe, layer_id=2)
+    transposed = []
+    monkeypatch.setattr(linear_module, "transpose", lambda qt: transposed.append(qt) or transpose(qt))
+    x, dy = torch.randn(32, 64), torch.randn(32, 96)
+    _, dx, _, _ = run(q, x, dy)
+    assert len(transposed) == int(reuses)
+    # either way Dgrad's W is quantize(Wᵀ, w_dgrad): dx equals that product (in float64)
+    _, rdx, _ = reference(recipe, 2, 1, x, fake_quantize(w, recipe.w_fprop) if recipe.double_quant else w, b, dy)
+    torch.testing.assert_close(dx.double(), rdx, rtol=2e-6, atol=2e-6 * rdx.abs().max().item())
+
+
+def test_q_ema_dgrad_quantizes_the_weight_itself_while_ema_rounds():
+    from fp4train.tetrajet import QEMALinear
+
+    recipe = build_recipe(RecipeConfig(name="mxfp4", weight_2d=True, q_ema_decay=0.9, q_ema_warmup=0))
+    q = QEMALinear(64, 64, recipe=recipe)
+    assert q.rounds_weight_plainly()  # no EMA yet
+    q.update_ema()
+    assert not q.rounds_weight_plainly()
+    assert not q._fprop_weight_serves_dgrad(q.quantize_weight(q.weight.detach(), q.operand_spec("w_fprop")))
 
 
 def test_quantized_layer_under_autocast_keeps_fp32_weight_grads():

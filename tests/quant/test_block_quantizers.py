@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fp4train import QuantSpec, dequantize, fake_quantize, quantize
+from fp4train.quant import transpose, transposes_exactly
 from fp4train.quant.formats import unpack_fp4
 
 from . import oracle
@@ -168,3 +169,49 @@ def test_pad_covers_hadamard_groups_wider_than_the_block():
     qt = quantize(x, QuantSpec("nvfp4", rht=32, pad=True))
     assert qt.padded == (4, 64)
     assert (dequantize(qt) - x).norm() < 0.2 * x.norm()
+
+
+def assert_same_quantized(a, b) -> None:
+    assert (a.shape, a.padded, a.dtype, a.spec) == (b.shape, b.padded, b.dtype, b.spec)
+    for t, u in ((a.data, b.data), (a.scales, b.scales), (a.tensor_scale, b.tensor_scale)):
+        if t is None or u is None:
+            assert t is None and u is None
+        elif t.is_floating_point():  # float scales: NaN where the reference has NaN
+            assert t.shape == u.shape and np.array_equal(bit_patterns(t), bit_patterns(u))
+        else:
+            assert torch.equal(t, u)
+
+
+TRANSPOSABLE = [c for c in CASES if (c[1] is None and c[0].startswith("fp8_e")) or (c[1] is not None and c[1][0] == c[1][1])]
+
+
+@pytest.mark.parametrize("name", list(INPUTS))
+@pytest.mark.parametrize("fmt,block,rule", TRANSPOSABLE, ids=lambda c: str(c))
+def test_transpose_equals_quantizing_the_transpose(fmt, block, rule, name):
+    x = torch.from_numpy(INPUTS[name]).reshape(2, 64, 256)  # leading dims flatten to 128 rows
+    spec = QuantSpec(fmt, block=block, scale_rule=rule)
+    assert transposes_exactly(spec)
+    assert_same_quantized(transpose(quantize(x, spec)), quantize(x.reshape(128, 256).T, spec))
+
+
+def test_transpose_of_padded_blocks_and_non_finite_input():
+    x = torch.randn(40, 70)
+    x[3, 5], x[20, 60] = float("nan"), float("inf")
+    for spec in (QuantSpec("nvfp4", block=(16, 16), pad=True), QuantSpec("mxfp4", block=(32, 32), pad=True)):
+        t = transpose(quantize(x, spec))
+        assert_same_quantized(t, quantize(x.T, spec))
+        assert dequantize(t).isnan().any()  # NaN blocks stay NaN
+
+
+@pytest.mark.parametrize("spec", [
+    QuantSpec("nvfp4"),  # 1×16 blocks: a block of xᵀ is a column of 16 rows of x
+    QuantSpec("nvfp4", block=(16, 16), rounding="sr"),  # SR draws its bits in the other order
+    QuantSpec("nvfp4", block=(16, 16), rht=16),  # the RHT mixes along the other dim
+    QuantSpec("bf16"),
+], ids=str)
+def test_transpose_refuses_specs_whose_transpose_is_not_exact(spec):
+    assert not transposes_exactly(spec)
+    if spec.is_identity:
+        return
+    with pytest.raises(ValueError, match="square blocks"):
+        transpose(quantize(torch.randn(32, 32), spec))
