@@ -212,14 +212,6 @@ def same(k, r) -> bool:
     return torch.equal(k.data.cpu(), r.data) and torch.equal(k.scales.cpu(), r.scales) and ts
 
 
-def values_decode_codes(qt: QuantizedTensor) -> bool:
-    """``qt.values`` (bf16, from the kernel) equals the CPU decode of the codes it holds, NaN for NaN."""
-    ref = dataclasses.replace(qt, data=qt.data.cpu(), scales=qt.scales.cpu(), tensor_scale=None, values=None)
-    ref = ref.padded_values(with_tensor_scale=False).to(torch.bfloat16)
-    v = qt.values.cpu()
-    return bool(((v == ref) | (v.isnan() & ref.isnan())).all())
-
-
 def check_quantizers() -> dict:
     results = {}
     for name, (row, col) in QUANT_VARIANTS.items():
@@ -238,13 +230,6 @@ def check_quantizers() -> dict:
                 if col is not None:
                     ok &= same(kc, quantize(x.T.contiguous(), col, rand_bits=cb))
                 results[f"{name} {data} {str(dtype)[6:]}"] = ok
-    # the bf16 values written beside the codes (QuantizedTensor.values) decode those codes
-    for name, (row, col) in QUANT_VARIANTS.items():
-        if (row or col).fmt not in ("nvfp4", "mxfp4"):
-            continue
-        x = (RHT_INPUTS["exact"] if any(sp is not None and sp.rht for sp in (row, col)) else INPUTS["nonfinite"])(512, 1024, seed=6)
-        kr, kc = quantize_fp4_pair(x.to(torch.bfloat16).cuda(), row, col, seed=3, with_values=(True, True))
-        results[f"{name} values decode the codes"] = all(values_decode_codes(k) for k in (kr, kc) if k is not None)
     # RHT on arbitrary floats: the summation order may move a code by one step
     x = heavy_tailed(512, 1024, seed=3)
     x = torch.where(x.isfinite(), x, 0)

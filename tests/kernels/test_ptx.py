@@ -13,11 +13,10 @@ from triton.backends.compiler import GPUTarget
 from fp4train.kernels.quantize import _ONE_SIXTH, _quantize_kernel
 
 sig = {"x_ptr": "*bf16", "M": "i32", "K": "i32", "stride": "i32", "amax_ptr": "*i32", "ts_ptr": "*fp32",
-       "h_ptr": "*fp32", "row_codes": "*u8", "row_scales": "*u8", "row_values": "*bf16", "row_rand": "*i32", "row_seed": "i32",
-       "row_counter": "*i64", "col_codes": "*u8", "col_scales": "*u8", "col_values": "*bf16", "col_rand": "*i32", "col_seed": "i32",
-       "col_counter": "*i64"}
+       "h_ptr": "*fp32", "row_codes": "*u8", "row_scales": "*u8", "row_rand": "*i32", "row_seed": "i32", "row_counter": "*i64",
+       "col_codes": "*u8", "col_scales": "*u8", "col_rand": "*i32", "col_seed": "i32", "col_counter": "*i64"}
 const = dict(BM=32, BK=256, VEC=2, SPLIT=SPLIT, ROW_BM=16, ROW_VEC=8, REVERSE=True, BR=1, BC=16, MX=False, MX_CEIL=False, ROW=True, COL=True, ROW_RHT=0, COL_RHT=16,
-             ROW_SR=16, COL_SR=0, PHILOX=True, ONE_SIXTH=_ONE_SIXTH, ROW_VALUES=True, COL_VALUES=False)
+             ROW_SR=16, COL_SR=0, PHILOX=True, ONE_SIXTH=_ONE_SIXTH)
 sig.update({k: "constexpr" for k in const})
 src = triton.compiler.ASTSource(fn=_quantize_kernel, signature=sig, constexprs=const)
 print(triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": False}).asm["ptx"])
