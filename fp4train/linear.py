@@ -51,7 +51,7 @@ class _QuantLinearFunction(torch.autograd.Function):
             qx = q("x_fprop", x)
             qxt = q("x_wgrad", dequantize(qx).T)
         else:
-            qx, qxt = layer._quantize_pair("x_fprop", "x_wgrad", x, with_values=(True, False))
+            qx, qxt = layer._quantize_pair("x_fprop", "x_wgrad", x)
         w_spec = layer.operand_spec("w_fprop")
         qw = layer.quantize_weight(weight.to(x.dtype) if w_spec.is_identity else weight, w_spec)
         mx_fp8 = layer.recipe.mx_fp8_gemm
@@ -80,10 +80,9 @@ class _QuantLinearFunction(torch.autograd.Function):
                 if layer.operand_spec("w_dgrad").is_identity:  # an unquantized GEMM runs in the activation dtype
                     w_src = w_src.to(dy.dtype)
                 qwt = q("w_dgrad", w_src.T)
-            qdy, qdyt = layer._quantize_pair("dy_dgrad", "dy_wgrad", dy, with_values=(True, True))
+            qdy, qdyt = layer._quantize_pair("dy_dgrad", "dy_wgrad", dy)
             mx_fp8 = layer.recipe.mx_fp8_gemm
             dx = quantized_matmul(qdy, qwt, out_dtype=ctx.x_dtype, mx_fp8=mx_fp8)
-            qdy = None  # frees its bf16 values before Wgrad's
             dw = quantized_matmul(qdyt, ctx.qxt, out_dtype=weight.dtype, mx_fp8=mx_fp8)
             db = dy.sum(0).to(weight.dtype) if ctx.has_bias else None
         ctx.qxt = ctx.qw = None
@@ -159,18 +158,14 @@ class QuantLinear(nn.Linear):
     def _quantize_operand(self, operand: str, t: torch.Tensor) -> QuantizedTensor:
         return quantize(t, self.operand_spec(operand), generator=self._stream(operand))
 
-    def _quantize_pair(
-        self, row_operand: str, col_operand: str, t: torch.Tensor, with_values: tuple[bool, bool]
-    ) -> tuple[QuantizedTensor, QuantizedTensor]:
-        """``t`` for ``row_operand`` and ``t.T`` for ``col_operand`` (one amax pass on the GPU);
-        ``with_values`` for the copies a GEMM takes at once (``quant.quantize``)."""
+    def _quantize_pair(self, row_operand: str, col_operand: str, t: torch.Tensor) -> tuple[QuantizedTensor, QuantizedTensor]:
+        """``t`` for ``row_operand`` and ``t.T`` for ``col_operand`` (one read on the GPU)."""
         return quantize_pair(
             t,
             self.operand_spec(row_operand),
             self.operand_spec(col_operand),
             row_generator=self._stream(row_operand),
             col_generator=self._stream(col_operand),
-            with_values=with_values,
         )
 
     def quantize_weight(self, weight: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:

@@ -43,14 +43,12 @@ def quantize_on_gpu(
     spec: QuantSpec,
     generator: torch.Generator | SRStream | None = None,
     rand_bits: torch.Tensor | None = None,
-    with_values: bool = False,
 ) -> QuantizedTensor | None:
     """``quantize(x, spec, ...)`` by the fused kernels for a CUDA ``x`` and a supported spec (FP4
     blocks: ``quantize_fp4``; per-tensor FP8: ``quantize_fp8``): bit for bit the reference with
     ``rand_bits``; with SR and no bits, in-kernel Philox bits (the same rule and distribution as
     the reference, another random stream). A transposed view ``y.T`` of a contiguous ``y`` is
-    quantized as ``y``'s column-wise orientation, without a transposed copy. ``with_values``: the
-    FP4 kernels also write ``QuantizedTensor.values``."""
+    quantized as ``y``'s column-wise orientation, without a transposed copy."""
     if not x.is_cuda:
         return None
     transposed = x.dim() == 2 and x.stride(0) == 1 and x.stride(1) != 1  # x = y.T of a contiguous y
@@ -65,10 +63,8 @@ def quantize_on_gpu(
         rand_bits = rand_bits.to(device=x.device, dtype=torch.int32)
     seed, counter = philox_seed(spec, generator) if spec.rounding == "sr" and rand_bits is None else (None, None)
     if transposed:
-        return quantize_fp4_pair(
-            x.T, None, spec, col_rand=rand_bits, col_seed=seed, col_counter=counter, with_values=(False, with_values)
-        )[1]
-    return quantize_fp4(x, spec, rand_bits=rand_bits, seed=seed, counter=counter, with_values=with_values)
+        return quantize_fp4_pair(x.T, None, spec, col_rand=rand_bits, col_seed=seed, col_counter=counter)[1]
+    return quantize_fp4(x, spec, rand_bits=rand_bits, seed=seed, counter=counter)
 
 
 def quantize_pair_on_gpu(
@@ -77,12 +73,10 @@ def quantize_pair_on_gpu(
     col_spec: QuantSpec,
     row_generator: torch.Generator | SRStream | None,
     col_generator: torch.Generator | SRStream | None,
-    with_values: tuple[bool, bool] = (False, False),
 ) -> tuple[QuantizedTensor, QuantizedTensor] | None:
-    """``quantize_pair`` by the fused kernel (``quantize_fp4_pair``: both orientations from one
-    amax pass), when it handles both specs; each SR orientation draws in-kernel Philox bits from
-    its own generator (``philox_seed``), and ``with_values`` (row, column) asks for
-    ``QuantizedTensor.values``; per-tensor FP8 by ``quantize_fp8``. ``None`` otherwise: the
+    """``quantize_pair`` by one launch of the fused kernel (one read of ``x``, both orientations),
+    when it handles both specs; each SR orientation draws in-kernel Philox bits from its own
+    generator (``philox_seed``); per-tensor FP8 by ``quantize_fp8``. ``None`` otherwise: the
     caller then quantizes twice."""
     if x.is_cuda and fp8_quantize_supported(x, row_spec) and fp8_quantize_supported(x, col_spec):
         return quantize_fp8(x, row_spec, col_spec)
@@ -91,8 +85,7 @@ def quantize_pair_on_gpu(
     row_seed, row_counter = philox_seed(row_spec, row_generator) if row_spec.rounding == "sr" else (None, None)
     col_seed, col_counter = philox_seed(col_spec, col_generator) if col_spec.rounding == "sr" else (None, None)
     return quantize_fp4_pair(
-        x, row_spec, col_spec, seed=row_seed, col_seed=col_seed, counter=row_counter, col_counter=col_counter,
-        with_values=with_values,
+        x, row_spec, col_spec, seed=row_seed, col_seed=col_seed, counter=row_counter, col_counter=col_counter
     )
 
 

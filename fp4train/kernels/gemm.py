@@ -48,7 +48,7 @@ from fp4train.quant.api import QuantizedTensor
 
 from .fp8 import FP8_DTYPES
 from .mx_fp8 import mx_to_e4m3
-from .quantize import _e2m1_value, _interpreting, _placeholder, _scale_value, indexable_by_int32
+from .quantize import _interpreting, _placeholder, indexable_by_int32
 
 __all__ = ["fp4_supported", "fp4_matmul", "dequantize_fp4", "fp8_supported", "fp8_matmul", "mx_fp8_supported", "mx_fp8_matmul"]
 
@@ -57,6 +57,28 @@ _FP4_FORMATS = ("nvfp4", "mxfp4")
 DEFAULT_CONFIG = (256, 128, 64, 8, 8, 3)  # bf16 operands (dequantized first): best of four on H100
 FUSED_CONFIG = (128, 128, 64, 8, 4, 4)  # fused dequantization: best of four on H100 (NOTES.md v1)
 TMA_CONFIG = (128, 256, 64, 8, 8, 3)  # the persistent TMA kernel: Triton's tutorial for Hopper
+
+
+@triton.jit
+def _e2m1_value(c):
+    """float32 value of E2M1 codes (int32 in 0..15): ``formats.decode(c, E2M1)``. The code's
+    exponent and mantissa bits placed at float32's exponent/mantissa boundary give
+    ``value · 2^-126`` (code 1 lands on a subnormal), so one exact multiply by 2^126 decodes it."""
+    bits = ((c & 8) << 28) | ((c & 7) << 22)
+    return bits.to(tl.float32, bitcast=True) * 8.507059173023462e37
+
+
+@triton.jit
+def _scale_value(c, MX: tl.constexpr):
+    """float32 value of block scale codes (int32 in 0..255): ``e8m0_decode`` (MX) or
+    ``formats.decode(c, E4M3)`` (NVFP4); NaN codes give NaN."""
+    if MX:
+        v = tl.where(c == 0, 5.877471754111438e-39, (c << 23).to(tl.float32, bitcast=True))  # 2^-127
+        return tl.where(c == 255, float("nan"), v)
+    e = (c >> 3) & 15
+    normal = (((e + 120) << 23) | ((c & 7) << 20)).to(tl.float32, bitcast=True)
+    v = tl.where(e == 0, (c & 7).to(tl.float32) * 0.001953125, normal)
+    return tl.where((c & 0x7F) == 0x7F, float("nan"), v)
 
 
 @triton.jit
@@ -207,10 +229,7 @@ def _device_limits(device: torch.device) -> tuple[int, int]:
 
 def dequantize_fp4(qt: QuantizedTensor) -> torch.Tensor:
     """``qt.padded_values(with_tensor_scale=False)`` as bf16 (exact) for an FP4 operand, by
-    ``_dequant_kernel``: the padded (M, K) matrix ``element · block_scale`` (RHT domain kept);
-    ``qt.values`` itself where the quantizer wrote it (``quantize(..., with_values=True)``)."""
-    if qt.values is not None:
-        return qt.values
+    ``_dequant_kernel``: the padded (M, K) matrix ``element · block_scale`` (RHT domain kept)."""
     (r, k), (br, bc) = qt.padded, qt.spec.block_shape
     out = torch.empty(r, k, dtype=torch.bfloat16, device=qt.data.device)
     block_r, block_k = 32, 256

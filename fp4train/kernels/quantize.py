@@ -94,28 +94,6 @@ def _e2m1_codes(s, rbits, SR_BITS: tl.constexpr):
 
 
 @triton.jit
-def _e2m1_value(c):
-    """float32 value of E2M1 codes (int32 in 0..15): ``formats.decode(c, E2M1)``. The code's
-    exponent and mantissa bits placed at float32's exponent/mantissa boundary give
-    ``value · 2^-126`` (code 1 lands on a subnormal), so one exact multiply by 2^126 decodes it."""
-    bits = ((c & 8) << 28) | ((c & 7) << 22)
-    return bits.to(tl.float32, bitcast=True) * 8.507059173023462e37
-
-
-@triton.jit
-def _scale_value(c, MX: tl.constexpr):
-    """float32 value of block scale codes (int32 in 0..255): ``e8m0_decode`` (MX) or
-    ``formats.decode(c, E4M3)`` (NVFP4); NaN codes give NaN."""
-    if MX:
-        v = tl.where(c == 0, 5.877471754111438e-39, (c << 23).to(tl.float32, bitcast=True))  # 2^-127
-        return tl.where(c == 255, float("nan"), v)
-    e = (c >> 3) & 15
-    normal = (((e + 120) << 23) | ((c & 7) << 20)).to(tl.float32, bitcast=True)
-    v = tl.where(e == 0, (c & 7).to(tl.float32) * 0.001953125, normal)
-    return tl.where((c & 0x7F) == 0x7F, float("nan"), v)
-
-
-@triton.jit
 def _fp8_rn(a, MAN: tl.constexpr, BIAS: tl.constexpr):
     """``(code, value)`` of ``round_to_grid(a, fmt, "rn")`` for float32 ``0 <= a <= fmt.max`` (not
     NaN) in the FP8 format with ``MAN`` mantissa bits and exponent bias ``BIAS`` (E4M3: 3, 7;
@@ -202,18 +180,16 @@ def _philox_bits(seed, counter, rows, col0, n_cols, R: tl.constexpr, C: tl.const
 
 @triton.jit
 def _quantize_tile(
-    v, row0, col0, n_rows, n_cols, codes_ptr, scales_ptr, values_ptr, amax_ptr, ts_ptr, rand_ptr, seed, counter_ptr,
+    v, row0, col0, n_rows, n_cols, codes_ptr, scales_ptr, amax_ptr, ts_ptr, rand_ptr, seed, counter_ptr,
     R: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
     MX: tl.constexpr, MX_CEIL: tl.constexpr, SR_BITS: tl.constexpr, PHILOX: tl.constexpr,
-    ONE_SIXTH: tl.constexpr, VALUES: tl.constexpr,
+    ONE_SIXTH: tl.constexpr,
 ):
     """Quantize the float32 tile ``v`` (R, C) at ``(row0, col0)`` of an ``(n_rows, n_cols)``
     matrix with blocks (BR, BC) along its last dim, and store its packed codes, scale codes and
     (NVFP4, first tile only) the tensor decode scale ``s_dec`` at ``ts_ptr``:
     equals the body of ``api.quantize`` after the RHT (block amax, ``mx_scale_codes`` or
-    ``nvfp4_block_scale`` + ``encode(sb, E4M3)``, ``round_to_grid``, ``encode``, ``pack_fp4``).
-    ``VALUES``: also store the bf16 ``element · block_scale`` of the codes and scale codes just
-    made at ``values_ptr`` (``QuantizedTensor.values``; decoded as ``gemm._dequant_kernel`` does)."""
+    ``nvfp4_block_scale`` + ``encode(sb, E4M3)``, ``round_to_grid``, ``encode``, ``pack_fp4``)."""
     rows = row0 + tl.arange(0, R)
     cols = col0 + tl.arange(0, C)
     # The tile stays 4-D (block row, row in block, block col, col in block) until the codes are
@@ -259,11 +235,7 @@ def _quantize_tile(
             mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
             rbits = tl.load(rand_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0)
         rbits = tl.reshape(rbits, (R // BR, BR, C // BC, BC))
-    codes = _e2m1_codes(s4, rbits, SR_BITS)
-    if VALUES:
-        values = _e2m1_value(codes) * _scale_value(scale_code, MX)[:, None, :, None]
-        tl.store(values_ptr + rows[:, None] * n_cols + cols[None, :], tl.reshape(values, (R, C)).to(tl.bfloat16),
-                 mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols))
+    codes = tl.reshape(_e2m1_codes(s4, rbits, SR_BITS), (R, C))
     lo, hi = tl.split(tl.reshape(codes, (R, C // 2, 2)))
     packed = (lo | (hi << 4)).to(tl.uint8)
     pcols = col0 // 2 + tl.arange(0, C // 2)
@@ -336,32 +308,31 @@ def _amax_kernel(
 
 @triton.jit
 def _quantize_rows(
-    x, r0, c0, M, K, h_ptr, amax_ptr, ts_ptr, codes, scales, values, rand, seed, counter_ptr,
+    x, r0, c0, M, K, h_ptr, amax_ptr, ts_ptr, codes, scales, rand, seed, counter_ptr,
     BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, MX: tl.constexpr, MX_CEIL: tl.constexpr,
-    RHT: tl.constexpr, SR: tl.constexpr, PHILOX: tl.constexpr, ONE_SIXTH: tl.constexpr, VALUES: tl.constexpr,
+    RHT: tl.constexpr, SR: tl.constexpr, PHILOX: tl.constexpr, ONE_SIXTH: tl.constexpr,
 ):
     """The row-wise orientation of the (BM, BK) tile ``x`` at ``(r0, c0)``: ``api.quantize(x, spec)``."""
     if RHT > 0:
         x = _rht(x, h_ptr, BM, BK, RHT)
-    _quantize_tile(x.to(tl.float32), r0, c0, M, K, codes, scales, values, amax_ptr, ts_ptr, rand, seed, counter_ptr,
-                   BM, BK, BR, BC, MX, MX_CEIL, SR, PHILOX, ONE_SIXTH, VALUES)
+    _quantize_tile(x.to(tl.float32), r0, c0, M, K, codes, scales, amax_ptr, ts_ptr, rand, seed, counter_ptr,
+                   BM, BK, BR, BC, MX, MX_CEIL, SR, PHILOX, ONE_SIXTH)
 
 
 @triton.jit(do_not_specialize=["row_seed", "col_seed"])  # a new SR seed must not recompile
 def _quantize_kernel(
     x_ptr, M, K, stride, amax_ptr, ts_ptr, h_ptr,
-    row_codes, row_scales, row_values, row_rand, row_seed, row_counter,
-    col_codes, col_scales, col_values, col_rand, col_seed, col_counter,
+    row_codes, row_scales, row_rand, row_seed, row_counter,
+    col_codes, col_scales, col_rand, col_seed, col_counter,
     BM: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr, SPLIT: tl.constexpr, ROW_BM: tl.constexpr,
     ROW_VEC: tl.constexpr, REVERSE: tl.constexpr,
     BR: tl.constexpr, BC: tl.constexpr, MX: tl.constexpr, MX_CEIL: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr,
     ROW_RHT: tl.constexpr, COL_RHT: tl.constexpr, ROW_SR: tl.constexpr, COL_SR: tl.constexpr,
-    PHILOX: tl.constexpr, ONE_SIXTH: tl.constexpr, ROW_VALUES: tl.constexpr, COL_VALUES: tl.constexpr,
+    PHILOX: tl.constexpr, ONE_SIXTH: tl.constexpr,
 ):
     """``api.quantize(x, spec)`` (ROW) and ``api.quantize(x.T, spec_col)`` (COL) of each (BM, BK)
     tile of ``x``; the tensor amaxes come from ``_amax_kernel``. ``*_RHT``: RHT size (0: none);
-    ``*_SR``: SR random bits per element (0: RN); ``*_VALUES``: also store that orientation's bf16
-    values (``_quantize_tile``).
+    ``*_SR``: SR random bits per element (0: RN).
 
     Without ``SPLIT`` one program reads a tile once and writes both orientations. With ``SPLIT``
     two consecutive programs read the same tile, the second from L2: the first writes the
@@ -374,23 +345,20 @@ def _quantize_kernel(
             for i in tl.static_range(BM // ROW_BM):
                 r = r0 + i * ROW_BM
                 _quantize_rows(_load_tile(x_ptr, M, K, stride, r, c0, ROW_BM, BK, ROW_VEC), r, c0, M, K, h_ptr,
-                               amax_ptr, ts_ptr, row_codes, row_scales, row_values, row_rand, row_seed, row_counter,
-                               ROW_BM, BK, BR, BC, MX, MX_CEIL, ROW_RHT, ROW_SR, PHILOX, ONE_SIXTH, ROW_VALUES)
+                               amax_ptr, ts_ptr, row_codes, row_scales, row_rand, row_seed, row_counter,
+                               ROW_BM, BK, BR, BC, MX, MX_CEIL, ROW_RHT, ROW_SR, PHILOX, ONE_SIXTH)
         else:
             x = tl.trans(_load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC))
-            _quantize_rows(x, c0, r0, K, M, h_ptr, amax_ptr + 1, ts_ptr + 1, col_codes, col_scales, col_values,
-                           col_rand, col_seed, col_counter, BK, BM, BR, BC, MX, MX_CEIL, COL_RHT, COL_SR, PHILOX,
-                           ONE_SIXTH, COL_VALUES)
+            _quantize_rows(x, c0, r0, K, M, h_ptr, amax_ptr + 1, ts_ptr + 1, col_codes, col_scales, col_rand,
+                           col_seed, col_counter, BK, BM, BR, BC, MX, MX_CEIL, COL_RHT, COL_SR, PHILOX, ONE_SIXTH)
     else:
         x = _load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC)
         if ROW:
-            _quantize_rows(x, r0, c0, M, K, h_ptr, amax_ptr, ts_ptr, row_codes, row_scales, row_values, row_rand,
-                           row_seed, row_counter, BM, BK, BR, BC, MX, MX_CEIL, ROW_RHT, ROW_SR, PHILOX, ONE_SIXTH,
-                           ROW_VALUES)
+            _quantize_rows(x, r0, c0, M, K, h_ptr, amax_ptr, ts_ptr, row_codes, row_scales, row_rand, row_seed,
+                           row_counter, BM, BK, BR, BC, MX, MX_CEIL, ROW_RHT, ROW_SR, PHILOX, ONE_SIXTH)
         if COL:
             _quantize_rows(tl.trans(x), c0, r0, K, M, h_ptr, amax_ptr + 1, ts_ptr + 1, col_codes, col_scales,
-                           col_values, col_rand, col_seed, col_counter, BK, BM, BR, BC, MX, MX_CEIL, COL_RHT, COL_SR,
-                           PHILOX, ONE_SIXTH, COL_VALUES)
+                           col_rand, col_seed, col_counter, BK, BM, BR, BC, MX, MX_CEIL, COL_RHT, COL_SR, PHILOX, ONE_SIXTH)
 
 
 # ----------------------------------------------------------------------------- Python wrappers
@@ -522,7 +490,7 @@ class _Plan(NamedTuple):
 @functools.lru_cache(maxsize=4096)
 def _plan(
     row_spec: QuantSpec | None, col_spec: QuantSpec | None, shape: tuple[int, ...], dtype: torch.dtype,
-    amax_given: bool, explicit: bool, tile: tuple | None, values: tuple[bool, bool] = (False, False),
+    amax_given: bool, explicit: bool, tile: tuple | None,
 ) -> _Plan:
     """Checks the specs against an input of ``shape`` and ``dtype``, viewed as an (M, K) matrix
     (``ValueError`` naming what is not supported), and picks the launch shape and constexprs: the
@@ -576,7 +544,6 @@ def _plan(
             ROW_VEC=16 // element_size, REVERSE=not mx and not amax_given,  # after an amax pass: back through L2
             BR=br, BC=bc, MX=mx, MX_CEIL=first.mx_rule == "ceil", **orientations,
             ROW_SR=sr_bits[0], COL_SR=sr_bits[1], PHILOX=not explicit, ONE_SIXTH=_ONE_SIXTH,
-            ROW_VALUES=values[0] and row_spec is not None, COL_VALUES=values[1] and col_spec is not None,
             enable_fp_fusion=False, num_warps=warps,
         ),
     )
@@ -595,7 +562,6 @@ def quantize_fp4_pair(
     col_counter: torch.Tensor | None = None,
     amax: torch.Tensor | None = None,
     tile: Tile | tuple | None = None,
-    with_values: tuple[bool, bool] = (False, False),
 ) -> tuple[QuantizedTensor | None, QuantizedTensor | None]:
     """``(quantize(x, row_spec), quantize(x_mat.T, col_spec))`` from one read of ``x`` (viewed
     as a matrix ``x_mat`` of shape (M, K)); either spec may be ``None`` to skip that orientation.
@@ -610,8 +576,6 @@ def quantize_fp4_pair(
     a CUDA graph replays with the value they hold then; default 0). ``amax``: optional float32 ``(2,)``
     tensor amaxes (row, col) for NVFP4, e.g. from the producer of ``x``, which skips the amax
     pass. ``tile``: a ``Tile`` (or its tuple) instead of ``_tile``'s choice (benchmarks).
-    ``with_values`` (row, column): also write that orientation's ``QuantizedTensor.values``, the
-    bf16 matrix a GEMM multiplies, in the same pass.
     """
     if row_spec is None and col_spec is None:
         raise ValueError("quantize_fp4_pair needs at least one of row_spec, col_spec")
@@ -630,9 +594,7 @@ def quantize_fp4_pair(
     for name, c in (("counter", counter), ("col_counter", col_counter)):
         if c is not None and (c.dtype != torch.int64 or c.dim() != 0 or c.device != x.device):
             raise ValueError(f"{name} must be a 0-dim int64 tensor on {x.device}, got {c.dtype} {tuple(c.shape)} on {c.device}")
-    with_values = (bool(with_values[0]), bool(with_values[1]))
-    plan = _plan(row_spec, col_spec, tuple(x.shape), x.dtype, amax is not None, explicit,
-                 None if tile is None else tuple(tile), with_values)
+    plan = _plan(row_spec, col_spec, tuple(x.shape), x.dtype, amax is not None, explicit, None if tile is None else tuple(tile))
     dev = x.device
     d, rseed = plan.rht
     h = rht_matrix(d, rseed, dev) if d else _placeholder(dev, torch.float32)
@@ -649,10 +611,8 @@ def quantize_fp4_pair(
             _amax_kernel[(plan.tiles,)](xm, m, k, xm.stride(0), amax_buf, h, **plan.amax_args)
     if plan.separate:  # one launch per orientation, both reading this amax pass's result
         given = None if plan.mx else amax_buf.view(torch.float32)
-        row, _ = quantize_fp4_pair(x, row_spec, None, row_rand=row_rand, seed=base_seed, counter=counter, amax=given,
-                                   with_values=with_values)
-        _, col = quantize_fp4_pair(x, None, col_spec, col_rand=col_rand, col_seed=col_seed, col_counter=col_counter,
-                                   amax=given, with_values=with_values)
+        row, _ = quantize_fp4_pair(x, row_spec, None, row_rand=row_rand, seed=base_seed, counter=counter, amax=given)
+        _, col = quantize_fp4_pair(x, None, col_spec, col_rand=col_rand, col_seed=col_seed, col_counter=col_counter, amax=given)
         return row, col
     u8 = torch.uint8
     rc, rs, cc, cs = (torch.empty(0, dtype=u8, device=dev),) * 4
@@ -660,26 +620,22 @@ def quantize_fp4_pair(
         rc, rs = torch.empty(m, k // 2, dtype=u8, device=dev), torch.empty(plan.row_scales, dtype=u8, device=dev)
     if col_spec is not None:
         cc, cs = torch.empty(k, m // 2, dtype=u8, device=dev), torch.empty(plan.col_scales, dtype=u8, device=dev)
-    bf16 = torch.bfloat16
-    rv = torch.empty(m, k, dtype=bf16, device=dev) if plan.quantize_args["ROW_VALUES"] else _placeholder(dev, bf16)
-    cv = torch.empty(k, m, dtype=bf16, device=dev) if plan.quantize_args["COL_VALUES"] else _placeholder(dev, bf16)
     dummy, zero = _placeholder(dev, torch.int32), _placeholder(dev, torch.int64)
     _quantize_kernel[(2 * plan.tiles if plan.split else plan.tiles,)](
         xm, m, k, xm.stride(0), amax_buf, ts, h,
-        rc, rs, rv, row_rand if row_rand is not None else dummy, base_seed % _SEED_MOD, zero if counter is None else counter,
-        cc, cs, cv, col_rand if col_rand is not None else dummy, col_seed % _SEED_MOD,
-        zero if col_counter is None else col_counter,
+        rc, rs, row_rand if row_rand is not None else dummy, base_seed % _SEED_MOD, zero if counter is None else counter,
+        cc, cs, col_rand if col_rand is not None else dummy, col_seed % _SEED_MOD, zero if col_counter is None else col_counter,
         **plan.quantize_args,
     )
 
-    def result(spec: QuantSpec | None, codes, scales, values, idx: int, shape: tuple[int, int]) -> QuantizedTensor | None:
+    def result(spec: QuantSpec | None, codes, scales, idx: int, shape: tuple[int, int]) -> QuantizedTensor | None:
         if spec is None:
             return None
         tensor_scale = None if plan.mx else ts[idx]
         orig = x.shape if idx == 0 else torch.Size(shape)
-        return QuantizedTensor(spec, orig, x.dtype, codes, scales, tensor_scale, shape, values if with_values[idx] else None)
+        return QuantizedTensor(spec, orig, x.dtype, codes, scales, tensor_scale, shape)
 
-    return result(row_spec, rc, rs, rv, 0, (m, k)), result(col_spec, cc, cs, cv, 1, (k, m))
+    return result(row_spec, rc, rs, 0, (m, k)), result(col_spec, cc, cs, 1, (k, m))
 
 
 def quantize_fp4(
@@ -689,10 +645,9 @@ def quantize_fp4(
     rand_bits: torch.Tensor | None = None,
     seed: int | None = None,
     counter: torch.Tensor | None = None,
-    with_values: bool = False,
 ) -> QuantizedTensor:
-    """``fp4train.quant.quantize(x, spec, rand_bits=rand_bits, with_values=with_values)`` on the
-    GPU, bit for bit (SR with ``rand_bits=None`` draws in-kernel Philox bits seeded with ``seed``,
-    default ``spec.seed``, at counter word ``counter``: ``quantize_fp4_pair``)."""
-    row, _ = quantize_fp4_pair(x, spec, None, row_rand=rand_bits, seed=seed, counter=counter, with_values=(with_values, False))
+    """``fp4train.quant.quantize(x, spec, rand_bits=rand_bits)`` on the GPU, bit for bit (SR with
+    ``rand_bits=None`` draws in-kernel Philox bits seeded with ``seed``, default ``spec.seed``,
+    at counter word ``counter``: ``quantize_fp4_pair``)."""
+    row, _ = quantize_fp4_pair(x, spec, None, row_rand=rand_bits, seed=seed, counter=counter)
     return row

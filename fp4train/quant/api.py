@@ -49,10 +49,6 @@ class QuantizedTensor:
     ``scales``: per-block scales ``(M/br, K/bc)`` — uint8 E8M0/E4M3 codes, or float32 decode
     scales (``fp8_*``); ``None`` for ``bf16``. ``tensor_scale``: NVFP4's FP32 decode scale
     ``s_dec`` (0-dim), else ``None``. ``shape``/``dtype``: of the original tensor.
-    ``values``: optional bf16 ``padded_values(with_tensor_scale=False)`` (``element ·
-    block_scale``, exact in bf16 for FP4), written beside the codes by the GPU quantizer when a
-    GEMM takes the copy at once (``quantize(..., with_values=True)``); the GEMM then multiplies it
-    instead of decoding the codes again. ``None`` otherwise.
     """
 
     spec: QuantSpec
@@ -62,13 +58,11 @@ class QuantizedTensor:
     scales: torch.Tensor | None
     tensor_scale: torch.Tensor | None
     padded: tuple[int, int]
-    values: torch.Tensor | None = None
 
     @property
     def nbytes(self) -> int:
-        """Bytes held (codes + scales + tensor scale, and ``values`` where kept)."""
-        held = (self.data, self.scales, self.tensor_scale, self.values)
-        return sum(t.numel() * t.element_size() for t in held if t is not None)
+        """Bytes held (codes + scales + tensor scale)."""
+        return sum(t.numel() * t.element_size() for t in (self.data, self.scales, self.tensor_scale) if t is not None)
 
     def element_values(self) -> torch.Tensor:
         """float32 element values before scaling, shape ``padded`` (e.g. E2M1 values in [-6, 6])."""
@@ -107,7 +101,6 @@ def quantize(
     *,
     generator: torch.Generator | SRStream | None = None,
     rand_bits: torch.Tensor | None = None,
-    with_values: bool = False,
 ) -> QuantizedTensor:
     """Quantize ``x`` with blocks along its last dimension (leading dims are flattened to rows).
 
@@ -115,10 +108,6 @@ def quantize(
     fresh generator seeded with ``spec.seed``, so equal calls give equal bits; an ``SRStream``:
     its step's generator, or on the GPU its in-kernel stream) unless ``rand_bits`` (int tensor
     of the padded ``(M, K)`` shape) supplies them.
-
-    ``with_values``: for a copy that a GEMM multiplies at once, have the GPU's FP4 kernels also
-    write ``QuantizedTensor.values`` (2 bytes per element, held as long as the result); a hint
-    that changes no value and that other paths ignore.
     """
     if not isinstance(spec, QuantSpec):
         raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
@@ -129,7 +118,7 @@ def quantize(
     if x.is_cuda:  # --- GPU dispatch (fp4train.kernels): the fused kernel, same result ---
         from fp4train.kernels.dispatch import quantize_on_gpu
 
-        qt = quantize_on_gpu(x, spec, generator, rand_bits, with_values)
+        qt = quantize_on_gpu(x, spec, generator, rand_bits)
         if qt is not None:
             return qt  # --- end of GPU dispatch ---
     shape, dtype = x.shape, x.dtype
@@ -183,12 +172,10 @@ def quantize_pair(
     *,
     row_generator: torch.Generator | SRStream | None = None,
     col_generator: torch.Generator | SRStream | None = None,
-    with_values: tuple[bool, bool] = (False, False),
 ) -> tuple[QuantizedTensor, QuantizedTensor]:
     """``(quantize(x, row_spec), quantize(x_mat.T, col_spec))`` with ``x_mat`` = ``x`` with its
     leading dims flattened: the two copies of one operand that a linear layer's GEMMs take
-    (``x``: Fprop and Wgrad; ``dy``: Dgrad and Wgrad), each with its own SR generator and
-    ``with_values`` flag (row, column; see ``quantize``).
+    (``x``: Fprop and Wgrad; ``dy``: Dgrad and Wgrad), each with its own SR generator.
 
     Always equal to the two calls. On the GPU, when the fused kernel handles both specs, one
     launch reads ``x`` once and writes both (``fp4train.kernels.quantize.quantize_fp4_pair``).
@@ -196,13 +183,11 @@ def quantize_pair(
     if x.is_cuda:  # --- GPU dispatch (fp4train.kernels): both orientations from one read ---
         from fp4train.kernels.dispatch import quantize_pair_on_gpu
 
-        pair = quantize_pair_on_gpu(x, row_spec, col_spec, row_generator, col_generator, with_values)
+        pair = quantize_pair_on_gpu(x, row_spec, col_spec, row_generator, col_generator)
         if pair is not None:
             return pair  # --- end of GPU dispatch ---
     x_mat = x.reshape(-1, x.shape[-1]) if x.dim() > 0 else x
-    row_values, col_values = with_values
-    return (quantize(x, row_spec, generator=row_generator, with_values=row_values),
-            quantize(x_mat.T, col_spec, generator=col_generator, with_values=col_values))
+    return quantize(x, row_spec, generator=row_generator), quantize(x_mat.T, col_spec, generator=col_generator)
 
 
 def transposes_exactly(spec: QuantSpec) -> bool:

@@ -138,17 +138,3 @@ def test_tma_output_tile_is_stored_in_halves_where_whole_does_not_fit(monkeypatc
     assert gemm._output_subtiles(gemm.TMA_CONFIG, torch.float32, dev) == 2
     monkeypatch.setattr(gemm, "_device_limits", lambda device: (132, 101376))
     assert gemm._output_subtiles(gemm.TMA_CONFIG, torch.float32, dev) is None
-
-
-def test_values_from_the_quantizer_feed_the_gemm_in_place_of_a_dequantization():
-    """An operand quantized ``with_values`` goes to the GEMM as its ``values`` tensor itself (no
-    second decode), and gives the same product as the decoded one."""
-    from fp4train.kernels.quantize import quantize_fp4
-
-    a, b = operands(48, 80, 192, seed=3)
-    sa, sb = PAIRS["nvfp4"]
-    qa, qb = quantize_fp4(a, sa, with_values=True), quantize(b, sb)
-    assert dequantize_fp4(qa) is qa.values
-    assert torch.equal(dequantize_fp4(qa), dequantize_fp4(quantize(a, sa)))
-    out = fp4_matmul(qa, qb, torch.float32, config=SMALL, tma=False)
-    assert torch.equal(out, fp4_matmul(quantize(a, sa), qb, torch.float32, config=SMALL, tma=False))

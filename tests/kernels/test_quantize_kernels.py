@@ -349,36 +349,3 @@ def test_a_column_wise_stream_equals_the_row_wise_stream_of_the_transpose(name):
     counter = torch.tensor(5)
     col = quantize_fp4_pair(y, None, spec, col_seed=21, col_counter=counter)[1]
     assert_same(col, quantize_fp4(y.T.contiguous(), spec, seed=21, counter=counter), f"{name} transposed stream")
-
-
-def assert_values_decode_the_codes(qt, what: str) -> None:
-    """``qt.values`` (from the kernel) equals the reference decode of its codes and scales in bf16,
-    NaN where that is NaN."""
-    ref = qt.padded_values(with_tensor_scale=False).to(torch.bfloat16)
-    assert qt.values is not None and qt.values.dtype == torch.bfloat16 and qt.values.shape == ref.shape, what
-    same = (qt.values == ref) | (qt.values.isnan() & ref.isnan())
-    assert bool(same.all()), f"{what}: values differ at {(~same).nonzero()[:4].tolist()}"
-
-
-@pytest.mark.parametrize("row, col", [
-    (dict(fmt="nvfp4"), dict(fmt="nvfp4", rht=16)),  # x: split programs
-    (dict(fmt="nvfp4", rounding="sr"), dict(fmt="nvfp4", rounding="sr", rht=16)),  # dy: two launches
-    (dict(fmt="mxfp4", scale_rule="ceil", rounding="sr"), dict(fmt="mxfp4", scale_rule="ceil", rounding="sr")),
-    (dict(fmt="nvfp4", block=(16, 16)), dict(fmt="nvfp4", block=(16, 16))),  # one program per tile
-], ids=["nvfp4_x", "nvfp4_dy", "mxfp4_sr", "nvfp4_2d"])
-def test_values_written_beside_the_codes_decode_them(row, col):
-    """``with_values``: the quantizer's bf16 ``element · block_scale`` equals the decode of the
-    codes it wrote (NaN and inf blocks included), and asking for it changes no code."""
-    x = torch.from_numpy(heavy_tailed(96, 128, seed=12)).to(torch.bfloat16)
-    x[7, 3], x[40, 77] = float("nan"), float("-inf")
-    row, col = QuantSpec(**row), QuantSpec(**col)
-    for values in ((True, True), (True, False), (False, True)):
-        with_v = quantize_fp4_pair(x, row, col, seed=5, with_values=values)
-        without = quantize_fp4_pair(x, row, col, seed=5)
-        for qt, ref, wanted, side in zip(with_v, without, values, ("row", "col")):
-            assert_same(qt, ref, f"{side} codes with values {values}")
-            if wanted:
-                assert_values_decode_the_codes(qt, f"{side} {values}")
-            else:
-                assert qt.values is None
-    assert quantize_fp4(x, row, seed=5, with_values=True).values is not None
