@@ -117,7 +117,7 @@ class QuantLinear(nn.Linear):
         self.high_precision: frozenset[str] = frozenset()
         # forward passes run in training mode: the SR streams' counter (saved through extra state)
         self.register_buffer("sr_step", torch.zeros((), dtype=torch.int64, device=self.weight.device), persistent=False)
-        self.saved_bytes = 0  # bytes the last forward saved for backward (beside W)
+        self.saved_bytes = 0  # bytes the last forward saved for backward (quantized copies; W itself not counted)
 
     def reset_parameters(self) -> None:
         """``nn.Linear``'s initialisation, and the SR step counter back to 0 (after ``to_empty``)."""
@@ -174,9 +174,9 @@ class QuantLinear(nn.Linear):
         return quantize(weight, spec)
 
     def rounds_weight_plainly(self) -> bool:
-        """Whether ``quantize_weight(W, spec)`` is ``quantize(W, spec)`` (a subclass that rounds W
-        otherwise returns False while it does)."""
-        return True
+        """Whether ``quantize_weight(W, spec)`` is ``quantize(W, spec)``: False for a subclass that
+        overrides ``quantize_weight``, unless it overrides this too (Q-EMA: until the EMA rounds)."""
+        return type(self).quantize_weight is QuantLinear.quantize_weight
 
     def _fprop_weight_serves_dgrad(self, qw: QuantizedTensor) -> bool:
         """Whether Dgrad's ``quantize(Wᵀ, w_dgrad)`` is Fprop's copy ``qw`` transposed

@@ -311,6 +311,21 @@ def check_gemms() -> dict:
         res = mx_fp8_matmul(qw_gpu, qw_gpu, torch.float32).cpu()
         out[f"mx_fp8_matmul, 20-binade rows ({name}), fp32 out: rel. error"] = ((res - ref).norm() / ref.norm()).item()
     out["row-wise _scaled_mm writes float32: 1 = yes"] = float(torch.float32 in _rowwise_out_dtypes(torch.device("cuda")))
+    # Dgrad's Wᵀ quantized by the reference code on the GPU (32×32 MX blocks have no kernel) from
+    # a transposed view: the GEMM reads its codes in their real layout (a v9 review finding)
+    from fp4train.linear import QuantLinear
+
+    recipe = build_recipe(RecipeConfig(name="mxfp4", weight_2d=True, double_quant=True))
+    x, dy = torch.randn(256, 512, generator=g), torch.randn(256, 384, generator=g)
+    grads = []
+    for dev in ("cpu", "cuda"):
+        layer = QuantLinear(512, 384, bias=False, recipe=recipe, device=dev)
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(384, 512, generator=torch.Generator().manual_seed(7)))
+        xd = x.to(dev).requires_grad_(True)
+        layer(xd).backward(dy.to(dev))
+        grads.append(xd.grad.cpu())
+    out["QuantLinear mxfp4 32x32 W, double quant: dx GPU vs CPU rel. error"] = ((grads[1] - grads[0]).norm() / grads[0].norm()).item()
     return out
 
 

@@ -74,7 +74,11 @@ def quantize_pair_on_gpu(
     row_generator: torch.Generator | SRStream | None,
     col_generator: torch.Generator | SRStream | None,
 ) -> tuple[QuantizedTensor, QuantizedTensor] | None:
-    """``quantize_pair`` by one launch of the fused kernel (one read of ``x``, both orientations),
+    """``quantize_pair`` by the fused kernel (``quantize_fp4_pair``: one amax pass, then one launch
+    writing both orientations, or one per orientation for NVFP4's SR + RHT pair), when it handles
+    both specs; each SR orientation draws in-kernel Philox bits from its own generator
+    (``philox_seed``); per-tensor FP8 by ``quantize_fp8``. ``None`` otherwise: the caller then
+    quantizes twice."""``quantize_pair`` by one launch of the fused kernel (one read of ``x``, both orientations),
     when it handles both specs; each SR orientation draws in-kernel Philox bits from its own
     generator (``philox_seed``); per-tensor FP8 by ``quantize_fp8``. ``None`` otherwise: the
     caller then quantizes twice."""

@@ -208,7 +208,7 @@ def _gemm_tma_kernel(
 
 
 def fp4_supported(a: QuantizedTensor, b: QuantizedTensor) -> bool:
-    """Both operands FP4 (NVFP4/MXFP4) with 1- or 16-row blocks of 16/32 and the same padded K;
+    """Both operands FP4 (NVFP4/MXFP4) with blocks of width 16/32 (1, 16 or 32 rows) and the same padded K;
     operands and output of fewer than 2^31 elements (``indexable_by_int32``)."""
     ok = all(q.spec.fmt in _FP4_FORMATS and q.spec.block_shape[1] in (16, 32) for q in (a, b))
     return ok and a.padded[1] == b.padded[1] and a.padded[1] % 32 == 0 and _indexable(a, b)

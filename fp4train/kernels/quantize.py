@@ -563,8 +563,9 @@ def quantize_fp4_pair(
     amax: torch.Tensor | None = None,
     tile: Tile | tuple | None = None,
 ) -> tuple[QuantizedTensor | None, QuantizedTensor | None]:
-    """``(quantize(x, row_spec), quantize(x_mat.T, col_spec))`` from one read of ``x`` (viewed
-    as a matrix ``x_mat`` of shape (M, K)); either spec may be ``None`` to skip that orientation.
+    """``(quantize(x, row_spec), quantize(x_mat.T, col_spec))`` (``x`` viewed as a matrix
+    ``x_mat`` of shape (M, K)) from one launch, or from one per orientation after a shared amax
+    pass for NVFP4's SR + RHT pair (``_plan``); either spec may be ``None`` to skip that orientation.
 
     The two specs must share fmt, block and scale rule; rounding may differ, and so may the RHT
     (one of the two may have none).
@@ -601,14 +602,12 @@ def quantize_fp4_pair(
     base_seed = (row_spec or col_spec).seed if seed is None else seed
     col_seed = base_seed + 1 if col_seed is None else col_seed
     if plan.mx:  # no tensor scale: the kernel reads no amax and writes no decode scale
-        amax_buf, ts = _placeholder(dev, torch.int32), _placeholder(dev, torch.float32)
+        amax_buf = _placeholder(dev, torch.int32)
+    elif amax is not None:
+        amax_buf = amax.to(torch.float32).view(torch.int32).reshape(2)
     else:
-        ts = torch.empty(2, dtype=torch.float32, device=dev)
-        if amax is not None:
-            amax_buf = amax.to(torch.float32).view(torch.int32).reshape(2)
-        else:
-            amax_buf = torch.zeros(2, dtype=torch.int32, device=dev)
-            _amax_kernel[(plan.tiles,)](xm, m, k, xm.stride(0), amax_buf, h, **plan.amax_args)
+        amax_buf = torch.zeros(2, dtype=torch.int32, device=dev)
+        _amax_kernel[(plan.tiles,)](xm, m, k, xm.stride(0), amax_buf, h, **plan.amax_args)
     if plan.separate:  # one launch per orientation, both reading this amax pass's result
         given = None if plan.mx else amax_buf.view(torch.float32)
         row, _ = quantize_fp4_pair(x, row_spec, None, row_rand=row_rand, seed=base_seed, counter=counter, amax=given)
@@ -620,6 +619,7 @@ def quantize_fp4_pair(
         rc, rs = torch.empty(m, k // 2, dtype=u8, device=dev), torch.empty(plan.row_scales, dtype=u8, device=dev)
     if col_spec is not None:
         cc, cs = torch.empty(k, m // 2, dtype=u8, device=dev), torch.empty(plan.col_scales, dtype=u8, device=dev)
+    ts = _placeholder(dev, torch.float32) if plan.mx else torch.empty(2, dtype=torch.float32, device=dev)
     dummy, zero = _placeholder(dev, torch.int32), _placeholder(dev, torch.int64)
     _quantize_kernel[(2 * plan.tiles if plan.split else plan.tiles,)](
         xm, m, k, xm.stride(0), amax_buf, ts, h,

@@ -162,7 +162,8 @@ def quantize(
     codes = encode(q, fmt.element)
     if fmt.is_fp4:
         codes = pack_fp4(codes)
-    return QuantizedTensor(spec, shape, dtype, codes, scale_codes, tensor_scale, (rows, cols))
+    # row-major, as the kernels index them (a transposed input view would otherwise give strided codes)
+    return QuantizedTensor(spec, shape, dtype, codes.contiguous(), scale_codes.contiguous(), tensor_scale, (rows, cols))
 
 
 def quantize_pair(
@@ -178,7 +179,8 @@ def quantize_pair(
     (``x``: Fprop and Wgrad; ``dy``: Dgrad and Wgrad), each with its own SR generator.
 
     Always equal to the two calls. On the GPU, when the fused kernel handles both specs, one
-    launch reads ``x`` once and writes both (``fp4train.kernels.quantize.quantize_fp4_pair``).
+    amax pass serves both and one launch writes both (two for NVFP4's SR + RHT pair:
+    ``fp4train.kernels.quantize.quantize_fp4_pair``).
     """
     if x.is_cuda:  # --- GPU dispatch (fp4train.kernels): both orientations from one read ---
         from fp4train.kernels.dispatch import quantize_pair_on_gpu
@@ -223,7 +225,7 @@ def transpose(qt: QuantizedTensor) -> QuantizedTensor:
 
         codes = transpose_fp4_codes(qt.data)  # --- end of GPU dispatch ---
     else:
-        codes = pack_fp4(unpack_fp4(qt.data).T)
+        codes = pack_fp4(unpack_fp4(qt.data).T).contiguous()
     return QuantizedTensor(qt.spec, shape, qt.dtype, codes, scales, qt.tensor_scale, padded)
 
 

@@ -138,3 +138,14 @@ def test_tma_output_tile_is_stored_in_halves_where_whole_does_not_fit(monkeypatc
     assert gemm._output_subtiles(gemm.TMA_CONFIG, torch.float32, dev) == 2
     monkeypatch.setattr(gemm, "_device_limits", lambda device: (132, 101376))
     assert gemm._output_subtiles(gemm.TMA_CONFIG, torch.float32, dev) is None
+
+
+def test_an_operand_quantized_from_a_transposed_view_by_the_reference():
+    """Dgrad's ``quantize(Wᵀ)`` of a 32×32-block MX weight runs the reference code (no kernel for
+    those blocks) on a transposed view; the GEMM must read its codes in their real layout."""
+    a, w = operands(48, 64, 96, seed=4)  # w: (64, 96); B = wᵀ (N = 96, K = 64)
+    a = a[:, :64].contiguous()  # A: (48, 64)
+    qa, qb = quantize(a, QuantSpec("mxfp4")), quantize(w.T, QuantSpec("mxfp4", block=(32, 32)))
+    out = fp4_matmul(qa, qb, torch.float32, config=SMALL, tma=False)
+    ref = quantized_matmul(qa, qb, out_dtype=torch.float32)
+    assert (out - ref).norm() / ref.norm() < 1e-6

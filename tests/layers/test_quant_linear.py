@@ -155,8 +155,8 @@ def test_saved_tensors_are_packed_not_bf16():
     for name, max_ratio in (("nvfp4", 0.29), ("mxfp4", 0.27), ("fp8", 0.51)):
         q = QuantLinear.from_linear(nn.Linear(256, 256), build_recipe(name))
         q(x.requires_grad_(True)).sum().backward()
-        w_copy = q.recipe.w_fprop.block_shape in (None, (16, 16))  # Fprop's W kept for Dgrad (nvfp4, fp8)
-        w_bytes = quantize(q.weight.detach(), q.recipe.w_fprop).nbytes if w_copy else 0
+        qw = quantize(q.weight.detach(), q.recipe.w_fprop)
+        w_bytes = qw.nbytes if q._fprop_weight_serves_dgrad(qw) else 0  # Fprop's W kept for Dgrad (nvfp4, fp8)
         bf16_bytes = x.numel() * 2
         ratio = (q.saved_bytes - w_bytes) / bf16_bytes
         print(f"{name}: saved {q.saved_bytes - w_bytes} B for x (+ {w_bytes} B for W) vs {bf16_bytes} B in bf16 ({ratio:.3f})")
@@ -182,15 +182,31 @@ def test_dgrad_transposes_the_fprop_weight_copy_where_that_is_exact(name, reuses
     torch.testing.assert_close(dx.double(), rdx, rtol=2e-6, atol=2e-6 * rdx.abs().max().item())
 
 
-def test_q_ema_dgrad_quantizes_the_weight_itself_while_ema_rounds():
+def test_q_ema_dgrad_quantizes_the_weight_itself_while_ema_rounds(monkeypatch):
     from fp4train.tetrajet import QEMALinear
 
     recipe = build_recipe(RecipeConfig(name="mxfp4", weight_2d=True, q_ema_decay=0.9, q_ema_warmup=0))
     q = QEMALinear(64, 64, recipe=recipe)
-    assert q.rounds_weight_plainly()  # no EMA yet
+    transposed = []
+    monkeypatch.setattr(linear_module, "transpose", lambda qt: transposed.append(qt) or transpose(qt))
+    x, dy = torch.randn(32, 64), torch.randn(32, 64)
+    run(q, x, dy)  # no EMA yet: W rounds plainly, and its 32×32 blocks transpose exactly
+    assert len(transposed) == 1
     q.update_ema()
-    assert not q.rounds_weight_plainly()
-    assert not q._fprop_weight_serves_dgrad(q.quantize_weight(q.weight.detach(), q.operand_spec("w_fprop")))
+    _, dx, _, _ = run(q, x, dy)  # Q-EMA rounds W: Dgrad quantizes Wᵀ itself
+    assert len(transposed) == 1
+    w = q.weight.detach()
+    rdx = fake_quantize(dy, recipe.dy_dgrad).double() @ fake_quantize(w.T, recipe.w_dgrad).double().T
+    torch.testing.assert_close(dx.double(), rdx, rtol=2e-6, atol=2e-6 * rdx.abs().max().item())
+
+
+def test_a_subclass_with_its_own_weight_quantizer_is_not_assumed_to_round_plainly():
+    class Rounded(QuantLinear):
+        def quantize_weight(self, weight, spec):
+            return super().quantize_weight(weight, spec)
+
+    assert QuantLinear(64, 64).rounds_weight_plainly()
+    assert not Rounded(64, 64).rounds_weight_plainly()
 
 
 def test_quantized_layer_under_autocast_keeps_fp32_weight_grads():

@@ -195,12 +195,25 @@ def test_transpose_equals_quantizing_the_transpose(fmt, block, rule, name):
 
 
 def test_transpose_of_padded_blocks_and_non_finite_input():
-    x = torch.randn(40, 70)
-    x[3, 5], x[20, 60] = float("nan"), float("inf")
+    finite = torch.randn(40, 70) * torch.randn(40, 70).exp()
+    bad = finite.clone()
+    bad[3, 5], bad[20, 60] = float("nan"), float("inf")
     for spec in (QuantSpec("nvfp4", block=(16, 16), pad=True), QuantSpec("mxfp4", block=(32, 32), pad=True)):
-        t = transpose(quantize(x, spec))
-        assert_same_quantized(t, quantize(x.T, spec))
+        t = transpose(quantize(finite, spec))
+        assert_same_quantized(t, quantize(finite.T, spec))
+        assert t.data.unique().numel() > 8 and t.data.is_contiguous()
+        t = transpose(quantize(bad, spec))
+        assert_same_quantized(t, quantize(bad.T, spec))
         assert dequantize(t).isnan().any()  # NaN blocks stay NaN
+
+
+def test_codes_and_scales_are_row_major_for_a_transposed_view():
+    """The kernels index codes and scales as row-major: the reference gives them so for a
+    transposed input view too (a 32×32 MX weight's Wᵀ goes to the reference on the GPU)."""
+    w = torch.randn(64, 96)
+    for spec in (QuantSpec("mxfp4", block=(32, 32)), QuantSpec("nvfp4"), QuantSpec("fp8_e4m3")):
+        qt = quantize(w.T, spec)
+        assert qt.data.is_contiguous() and qt.scales.is_contiguous(), spec
 
 
 @pytest.mark.parametrize("spec", [
