@@ -78,10 +78,7 @@ def quantize_pair_on_gpu(
     writing both orientations, or one per orientation for NVFP4's SR + RHT pair), when it handles
     both specs; each SR orientation draws in-kernel Philox bits from its own generator
     (``philox_seed``); per-tensor FP8 by ``quantize_fp8``. ``None`` otherwise: the caller then
-    quantizes twice."""``quantize_pair`` by one launch of the fused kernel (one read of ``x``, both orientations),
-    when it handles both specs; each SR orientation draws in-kernel Philox bits from its own
-    generator (``philox_seed``); per-tensor FP8 by ``quantize_fp8``. ``None`` otherwise: the
-    caller then quantizes twice."""
+    quantizes twice."""
     if x.is_cuda and fp8_quantize_supported(x, row_spec) and fp8_quantize_supported(x, col_spec):
         return quantize_fp8(x, row_spec, col_spec)
     if not (x.is_cuda and supports(x, row_spec) and supports(x, col_spec, colwise=True) and pairable(row_spec, col_spec)):
