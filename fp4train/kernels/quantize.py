@@ -519,7 +519,7 @@ def _plan(
     both = row_spec is not None and col_spec is not None
     two_sr = both and row_spec.rounding == col_spec.rounding == "sr"
     col_block = None if col_spec is None else col_spec.block_shape[1]
-    tile_given = tile
+    separate = both and tile is None and _two_sr_and_rht(row_spec, col_spec)
     if tile is None:
         tile = _tile(k, element_size, row_spec is not None, col_block, two_sr, both and _split_pays(row_spec, col_spec))
     bm, bk, vec, warps, split = Tile(*tile)
@@ -533,7 +533,7 @@ def _plan(
     return _Plan(
         tiles=-(-m // bm) * -(-k // bk),
         split=split,
-        separate=both and tile_given is None and _two_sr_and_rht(row_spec, col_spec),
+        separate=separate,
         mx=mx,
         rht=(d, rht_spec.seed) if rht_spec else (0, 0),
         row_scales=(m // br, k // bc),
