@@ -113,7 +113,7 @@ def quantize_fp8(
     grid = (triton.cdiv(m, bm) * triton.cdiv(k, bk),)
     amax = torch.zeros(1, dtype=torch.int32, device=dev)
     _amax_kernel[grid](
-        xm, m, k, xm.stride(0), amax, _placeholder(dev, torch.float32), BM=bm, BK=bk, VEC=vec, num_warps=warps,
+        xm, m, k, xm.stride(0), amax, _placeholder(dev, torch.float32), grid[0], BM=bm, BK=bk, VEC=vec, num_warps=warps,
         ROW=True, COL=False, ROW_RHT=0, COL_RHT=0,
     )
     u8, f32 = torch.uint8, torch.float32

@@ -48,7 +48,7 @@ from fp4train.quant.api import QuantizedTensor
 
 from .fp8 import FP8_DTYPES
 from .mx_fp8 import mx_to_e4m3
-from .quantize import _interpreting, _placeholder, indexable_by_int32
+from .quantize import _device_limits, _interpreting, _placeholder, indexable_by_int32
 
 __all__ = ["fp4_supported", "fp4_matmul", "dequantize_fp4", "fp8_supported", "fp8_matmul", "mx_fp8_supported", "mx_fp8_matmul"]
 
@@ -217,14 +217,6 @@ def fp4_supported(a: QuantizedTensor, b: QuantizedTensor) -> bool:
 def _indexable(a: QuantizedTensor, b: QuantizedTensor) -> bool:
     (m, k), (n, _) = a.padded, b.padded
     return indexable_by_int32(m * k, n * k, m * n)
-
-
-@functools.lru_cache(maxsize=None)
-def _device_limits(device: torch.device) -> tuple[int, int]:
-    """``(SMs, bytes of shared memory a program may use)`` of a CUDA device, read once (reading
-    the properties cost ~10 µs of host time per GEMM)."""
-    smem = triton.runtime.driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
-    return torch.cuda.get_device_properties(device).multi_processor_count, smem
 
 
 def dequantize_fp4(qt: QuantizedTensor) -> torch.Tensor:

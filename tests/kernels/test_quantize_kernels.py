@@ -349,3 +349,25 @@ def test_a_column_wise_stream_equals_the_row_wise_stream_of_the_transpose(name):
     counter = torch.tensor(5)
     col = quantize_fp4_pair(y, None, spec, col_seed=21, col_counter=counter)[1]
     assert_same(col, quantize_fp4(y.T.contiguous(), spec, seed=21, counter=counter), f"{name} transposed stream")
+
+
+@pytest.mark.parametrize("programs", [1, 3])
+def test_amax_pass_looping_over_tiles_equals_one_program_per_tile(monkeypatch, programs):
+    """On the GPU a column-wise amax pass runs fewer programs than tiles, each reducing every
+    ``programs``-th tile (``amax_programs``); here with 1 and 3 programs for the tiles of a
+    partial-tile shape, and a NaN and the largest |x| in tiles that late iterations read: the
+    tensor scales (amax of x and of its RHT'd transpose) and codes equal the reference's."""
+    import fp4train.kernels.quantize as kq
+
+    monkeypatch.setattr(kq, "amax_programs", lambda tiles, colwise, device: min(tiles, programs))
+    x = torch.from_numpy(heavy_tailed(80, 160, seed=4)).to(torch.bfloat16)
+    row, col = QuantSpec("nvfp4"), QuantSpec("nvfp4", rht=16)
+    assert kq._plan(row, col, tuple(x.shape), x.dtype, False, False, None).tiles > 3
+    x[70, 150] = 8192.0
+    k_row, k_col = quantize_fp4_pair(x, row, col)
+    assert_same(k_row, quantize(x, row), "row")
+    assert_same(k_col, quantize(x.T.contiguous(), col), "col")
+    assert k_row.tensor_scale.item() == pytest.approx(8192 / 2688, rel=1e-6)  # s_dec from the planted amax
+    x[75, 3] = float("nan")
+    k_row, k_col = quantize_fp4_pair(x, row, col)
+    assert k_row.tensor_scale.isnan() and k_col.tensor_scale.isnan()
