@@ -36,6 +36,8 @@ from fp4train.kernels.quantize import quantize_fp4_pair
 from fp4train.quant import QuantizedTensor, QuantSpec, quantize, transpose
 from fp4train.recipes import RecipeConfig, build_recipe
 
+from .peers import agreement, torchao_quantizers
+
 T0 = time.time()
 M, K, N = 8192, 4096, 4096  # tokens, in features, out features
 NV = QuantSpec("nvfp4")
@@ -544,6 +546,44 @@ def time_linears() -> list[dict]:
 # ----------------------------------------------------------------------------- 4. report
 
 
+def time_peers() -> list[dict]:
+    """torchao's NVFP4 and MXFP4 casts (``peers.py``) beside our kernel for the same spec, on
+    x (8192×4096 bf16, Gaussian): eager wall time, GPU time where the cast can be captured in a
+    CUDA graph, eager time of its ``torch.compile``d version; and the fractions of its code and
+    scale bytes equal to ours, on x and on x with row scales 2^-20..2^20 (blocks far below the
+    tensor's amax, where the NVFP4 rules part). Without torchao: one row saying why."""
+    peers = torchao_quantizers()
+    if isinstance(peers, str):
+        log(peers)
+        return [{"unavailable": peers}]
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    wide = x * torch.exp2(torch.randint(-20, 21, (M, 1), device="cuda").float()).to(x.dtype)
+    rows = []
+    for peer in peers:
+        def ours():
+            return quantize_fp4_pair(x, peer.spec, None)
+        entry = {"peer": peer.name, "spec": str(peer.spec), "ours_gpu_ms": gpu_ms(ours), "ours_eager_ms": ms(ours),
+                 "eager_ms": ms(lambda: peer.cast(x))}
+        for label, inp in (("gaussian", x), ("wide", wide)):
+            entry.update({f"{k}_{label}": v for k, v in agreement(peer, inp).items()})
+        try:
+            entry["gpu_ms"] = gpu_ms(lambda: peer.cast(x))
+        except Exception as e:  # e.g. a host sync inside the cast: not capturable
+            entry["gpu_error"] = repr(e)[:300]
+            torch.cuda.synchronize()
+        start = time.time()
+        try:
+            compiled = torch.compile(peer.cast)
+            compiled(x)
+            entry["compiled_ms"] = ms(lambda: compiled(x))
+        except Exception as e:  # record why, keep the rest
+            entry["compiled_error"] = repr(e)[:300]
+        entry["compile_s"] = time.time() - start
+        rows.append(entry)
+        log(f"peer {entry}")
+    return rows
+
+
 def environment() -> dict:
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm", "--format=csv,noheader"],
                          capture_output=True, text=True).stdout.strip()
@@ -581,6 +621,23 @@ def markdown(res: dict) -> str:
               "|---|---|---|---|---|---|"]
     lines += [f"| {r['linear']} | {r['eager_ms']:.3f} | {r['gpu_ms']:.3f} | {1 / r['vs_bf16_eager']:.2f}× | "
               f"{1 / r['vs_bf16_gpu']:.2f}× | {1 / r['vs_autocast_gpu']:.2f}× |" for r in res["linear"]]
+    peers = res["peers"]
+    lines += ["\n## Peers: torchao's casts beside ours (bf16 8192×4096, one orientation)\n",
+              "Eager = one Python call; GPU = CUDA-graph replay; compiled = eager call of the `torch.compile`d cast. "
+              "Equal bytes: the fraction of the peer's code / scale bytes equal to ours, on Gaussian x and on x with "
+              "row scales 2^-20..2^20 (`experiments/bench/peers.py` says why NVFP4's differ).\n"]
+    if peers and "unavailable" in peers[0]:
+        lines.append(f"Not run: {peers[0]['unavailable']}.")
+    else:
+        lines += ["| peer | eager µs | GPU µs | compiled µs | ours: GPU µs / eager µs | peer GPU / ours GPU | "
+                  "codes equal (Gaussian / wide) | scales equal (Gaussian / wide) |", "|---|---|---|---|---|---|---|---|"]
+        for r in peers:
+            gpu = f"{r['gpu_ms'] * 1e3:.0f}" if "gpu_ms" in r else "not capturable"
+            comp = f"{r['compiled_ms'] * 1e3:.0f}" if "compiled_ms" in r else f"failed: {r.get('compiled_error', '')[:80]}"
+            ratio = f"{r['gpu_ms'] / r['ours_gpu_ms']:.1f}×" if "gpu_ms" in r else ""
+            lines.append(f"| {r['peer']} | {r['eager_ms'] * 1e3:.0f} | {gpu} | {comp} | {r['ours_gpu_ms'] * 1e3:.0f} / "
+                         f"{r['ours_eager_ms'] * 1e3:.0f} | {ratio} | {r['codes_equal_gaussian']:.2%} / {r['codes_equal_wide']:.2%} | "
+                         f"{r['scales_equal_gaussian']:.2%} / {r['scales_equal_wide']:.2%} |")
     lines += ["\n## GPU checks against the CPU reference\n", "| check | result |", "|---|---|"]
     gemm_errors = {f'GEMM rel. error {k}': f'{v:.1e}' for k, v in res['check_gemm'].items()}
     lines += [f"| {k} | {v} |" for k, v in {**res["check_quantize"], **gemm_errors, **res.get("check_graph", {})}.items()]
@@ -591,7 +648,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("experiments/bench/results"))
     p.add_argument("--workers", type=int, default=12)
-    p.add_argument("--skip", nargs="*", default=[], choices=["warm", "check", "quantize", "tiles", "gemm", "linear"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["warm", "check", "quantize", "tiles", "gemm", "linear", "peers"])
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     res: dict = {"environment": environment()}
@@ -607,7 +664,7 @@ def main() -> None:
     res["copy_GBs"] = copy_bandwidth()
     log(f"copy bandwidth {res['copy_GBs']:.0f} GB/s")
     parts = (("quantize", lambda: time_quantizers(res["copy_GBs"])), ("tiles", lambda: time_tiles(res["copy_GBs"])),
-             ("gemm", time_gemms), ("linear", time_linears))
+             ("gemm", time_gemms), ("linear", time_linears), ("peers", time_peers))
     for part, fn in parts:
         if part not in args.skip:
             try:
