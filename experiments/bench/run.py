@@ -548,8 +548,8 @@ def time_linears() -> list[dict]:
 
 def time_peers() -> list[dict]:
     """torchao's NVFP4 and MXFP4 casts (``peers.py``) beside our kernel for the same spec, on
-    x (8192×4096 bf16, Gaussian): eager wall time, GPU time where the cast can be captured in a
-    CUDA graph, eager time of its ``torch.compile``d version; and the fractions of its code and
+    x (8192×4096 bf16, Gaussian): eager wall time, and GPU time where the cast can be captured in
+    a CUDA graph, of the cast and of its ``torch.compile``d version; and the fractions of its code and
     scale bytes equal to ours, on x and on x with row scales 2^-20..2^20 (blocks far below the
     tensor's amax, where the NVFP4 rules part). Without torchao: one row saying why."""
     peers = torchao_quantizers()
@@ -576,6 +576,7 @@ def time_peers() -> list[dict]:
             compiled = torch.compile(peer.cast)
             compiled(x)
             entry["compiled_ms"] = ms(lambda: compiled(x))
+            entry["compiled_gpu_ms"] = gpu_ms(lambda: compiled(x))
         except Exception as e:  # record why, keep the rest
             entry["compiled_error"] = repr(e)[:300]
         entry["compile_s"] = time.time() - start
@@ -623,17 +624,18 @@ def markdown(res: dict) -> str:
               f"{1 / r['vs_bf16_gpu']:.2f}× | {1 / r['vs_autocast_gpu']:.2f}× |" for r in res["linear"]]
     peers = res["peers"]
     lines += ["\n## Peers: torchao's casts beside ours (bf16 8192×4096, one orientation)\n",
-              "Eager = one Python call; GPU = CUDA-graph replay; compiled = eager call of the `torch.compile`d cast. "
+              "Eager = one Python call; GPU = CUDA-graph replay; compiled: the `torch.compile`d cast, GPU / eager. "
               "Equal bytes: the fraction of the peer's code / scale bytes equal to ours, on Gaussian x and on x with "
               "row scales 2^-20..2^20 (`experiments/bench/peers.py` says why NVFP4's differ).\n"]
     if peers and "unavailable" in peers[0]:
         lines.append(f"Not run: {peers[0]['unavailable']}.")
     else:
-        lines += ["| peer | eager µs | GPU µs | compiled µs | ours: GPU µs / eager µs | peer GPU / ours GPU | "
+        lines += ["| peer | eager µs | GPU µs | compiled: GPU µs / eager µs | ours: GPU µs / eager µs | peer GPU / ours GPU | "
                   "codes equal (Gaussian / wide) | scales equal (Gaussian / wide) |", "|---|---|---|---|---|---|---|---|"]
         for r in peers:
             gpu = f"{r['gpu_ms'] * 1e3:.0f}" if "gpu_ms" in r else "not capturable"
-            comp = f"{r['compiled_ms'] * 1e3:.0f}" if "compiled_ms" in r else f"failed: {r.get('compiled_error', '')[:80]}"
+            comp = (f"{r['compiled_gpu_ms'] * 1e3:.0f} / {r['compiled_ms'] * 1e3:.0f}" if "compiled_gpu_ms" in r
+                    else f"failed: {r.get('compiled_error', '')[:80]}")
             ratio = f"{r['gpu_ms'] / r['ours_gpu_ms']:.1f}×" if "gpu_ms" in r else ""
             lines.append(f"| {r['peer']} | {r['eager_ms'] * 1e3:.0f} | {gpu} | {comp} | {r['ours_gpu_ms'] * 1e3:.0f} / "
                          f"{r['ours_eager_ms'] * 1e3:.0f} | {ratio} | {r['codes_equal_gaussian']:.2%} / {r['codes_equal_wide']:.2%} | "
