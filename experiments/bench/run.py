@@ -37,6 +37,7 @@ from fp4train.quant import QuantizedTensor, QuantSpec, quantize, transpose
 from fp4train.recipes import RecipeConfig, build_recipe
 
 from .peers import agreement, torchao_quantizers
+from .plot import plot_bench
 
 T0 = time.time()
 M, K, N = 8192, 4096, 4096  # tokens, in features, out features
@@ -630,13 +631,13 @@ def markdown(res: dict) -> str:
     if peers and "unavailable" in peers[0]:
         lines.append(f"Not run: {peers[0]['unavailable']}.")
     else:
-        lines += ["| peer | eager µs | GPU µs | compiled: GPU µs / eager µs | ours: GPU µs / eager µs | peer GPU / ours GPU | "
+        lines += ["| peer | eager µs | GPU µs | compiled: GPU µs / eager µs | ours: GPU µs / eager µs | GPU time / ours (eager / compiled) | "
                   "codes equal (Gaussian / wide) | scales equal (Gaussian / wide) |", "|---|---|---|---|---|---|---|---|"]
         for r in peers:
             gpu = f"{r['gpu_ms'] * 1e3:.0f}" if "gpu_ms" in r else "not capturable"
             comp = (f"{r['compiled_gpu_ms'] * 1e3:.0f} / {r['compiled_ms'] * 1e3:.0f}" if "compiled_gpu_ms" in r
                     else f"failed: {r.get('compiled_error', '')[:80]}")
-            ratio = f"{r['gpu_ms'] / r['ours_gpu_ms']:.1f}×" if "gpu_ms" in r else ""
+            ratio = " / ".join(f"{r[k] / r['ours_gpu_ms']:.1f}×" if k in r else "–" for k in ("gpu_ms", "compiled_gpu_ms"))
             lines.append(f"| {r['peer']} | {r['eager_ms'] * 1e3:.0f} | {gpu} | {comp} | {r['ours_gpu_ms'] * 1e3:.0f} / "
                          f"{r['ours_eager_ms'] * 1e3:.0f} | {ratio} | {r['codes_equal_gaussian']:.2%} / {r['codes_equal_wide']:.2%} | "
                          f"{r['scales_equal_gaussian']:.2%} / {r['scales_equal_wide']:.2%} |")
@@ -680,6 +681,7 @@ def main() -> None:
     for part, _ in parts:
         res.setdefault(part, [])
     (args.out / "bench.md").write_text(markdown(res))
+    plot_bench(res, args.out / "bench.png")
     print(markdown(res))
 
 
