@@ -51,11 +51,13 @@ def _noop_kernel(x_ptr):
     tl.load(x_ptr)
 
 
-PROFILED = ("quantize_fp4_pair nvfp4 row + col sr rht16", "fp4_matmul nvfp4 (dequantize ×2 + Triton GEMM, forced)", "mx_fp8_matmul")
+PROFILED = ("QuantLinear nvfp4 fwd+bwd", "quantize_fp4_pair nvfp4 row + col sr rht16",
+            "fp4_matmul nvfp4 (dequantize ×2 + Triton GEMM, forced)", "mx_fp8_matmul")
 
 
 def profile(table: dict, names: tuple[str, ...], top: int = 25) -> str:
-    """cProfile of ``CALLS`` calls of each op in ``names``: the functions with the most own time."""
+    """cProfile of ``CALLS`` calls of each op in ``names``: the functions with the most own time,
+    and with the most time including their callees."""
     out = io.StringIO()
     for name in names:
         prof = cProfile.Profile()
@@ -64,18 +66,32 @@ def profile(table: dict, names: tuple[str, ...], top: int = 25) -> str:
             table[name]()
         torch.cuda.synchronize()
         prof.disable()
-        out.write(f"\n### {name}: {CALLS} calls\n")
+        out.write(f"\n### {name}: {CALLS} calls, by own time\n")
         pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+        out.write(f"\n### {name}: by cumulative time\n")
+        pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(top)
     return out.getvalue()
 
 
+def _fwd_bwd(layer: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor):
+    """One forward and backward of ``layer`` under bf16 autocast (what the recipes run)."""
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = layer(x)
+        y.backward(dy)
+    return step
+
+
 def ops() -> dict:
+    from fp4train.linear import QuantLinear
+
     x = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(512, 512, device="cuda", dtype=torch.bfloat16)
     nv, mx = QuantSpec("nvfp4"), QuantSpec("mxfp4")
     nv_sr_rht = QuantSpec("nvfp4", rounding="sr", rht=16)
     qx_nv, qw_nv = quantize(x, nv), quantize(w, QuantSpec("nvfp4", block=(16, 16)))
     qx_mx, qw_mx = quantize(x, mx), quantize(w, mx)
+    xg, dy = x.clone().requires_grad_(), torch.randn_like(x)
     return {
         "torch.empty (baseline)": lambda: torch.empty(256, 512, device="cuda"),
         "bf16 torch.mm 256×512×512 (baseline)": lambda: x @ w.T,
@@ -91,6 +107,10 @@ def ops() -> dict:
         "fp4_matmul mxfp4 (dequantize ×2 + cuBLAS)": lambda: fp4_matmul(qx_mx, qw_mx, torch.bfloat16),
         "mx_to_e4m3": lambda: mx_to_e4m3(qx_mx),
         "mx_fp8_matmul": lambda: mx_fp8_matmul(qx_mx, qw_mx, torch.bfloat16),
+        # a whole layer's step, x of 256 tokens requiring grad: what a small model pays per linear
+        "nn.Linear fwd+bwd, FP32 weights, bf16 autocast (baseline)": _fwd_bwd(torch.nn.Linear(512, 512, device="cuda"), xg, dy),
+        **{f"QuantLinear {r} fwd+bwd": _fwd_bwd(QuantLinear(512, 512, recipe=r, device="cuda"), xg, dy)
+           for r in ("nvfp4", "mxfp4", "fp8")},
     }
 
 
