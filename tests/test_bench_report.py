@@ -1,7 +1,7 @@
 """The kernel benchmark's report (``experiments/bench/run.py``'s Markdown, ``plot.py``'s figure)
 from a result dict, on the CPU: every part present, parts skipped, and torchao missing."""
 
-from experiments.bench.plot import plot_bench
+from experiments.bench.plot import _panels, plot_bench
 from experiments.bench.run import markdown
 
 PEER = {"peer": "torchao 9.9 NVFP4Tensor.to_nvfp4 (per-tensor scale from amax)", "eager_ms": 2.0, "gpu_ms": 1.9,
@@ -26,6 +26,8 @@ def test_a_failed_compile_and_a_missing_torchao_are_reported():
     failed = {k: v for k, v in PEER.items() if k not in ("compiled_ms", "compiled_gpu_ms")} | {"compiled_error": "RuntimeError('x')"}
     assert "failed: RuntimeError('x')" in markdown(result(peers=[failed]))
     assert "Not run: torchao not available (no module)." in markdown(result(peers=[{"unavailable": "torchao not available (no module)"}]))
+    assert "Failed: ValueError('layout')" in markdown(result(peers_error="ValueError('layout')"))
+    assert "Not run (skipped)." in markdown(result())
 
 
 def test_figure_has_the_parts_that_ran(tmp_path):
@@ -33,7 +35,10 @@ def test_figure_has_the_parts_that_ran(tmp_path):
                 {"variant": "mxfp4 floor row rn", "gpu_ms": 0.04, "frac_copy_bw": 0.51}]
     linear = [{"linear": "bf16 nn.Linear 8192×4096→4096 fwd+bwd", "vs_bf16_gpu": 1.0},
               {"linear": "QuantLinear nvfp4 8192×4096→4096 fwd+bwd", "vs_bf16_gpu": 1 / 1.37}]
-    path = plot_bench(result(quantize=quantize, linear=linear, peers=[PEER]), tmp_path / "bench.png")
+    full = result(quantize=quantize, linear=linear, peers=[PEER])
+    assert _panels(full) == ["quantize", "linear", "peers"]
+    assert _panels(result(linear=linear, peers=[{"unavailable": "no torchao"}])) == ["linear"]
+    path = plot_bench(full, tmp_path / "bench.png")
     assert path.stat().st_size > 10_000
     assert plot_bench(result(peers=[{"unavailable": "no torchao"}]), tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()

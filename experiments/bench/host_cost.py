@@ -7,8 +7,10 @@ launch time of each call, not its kernels. Each op runs on a 256×512 bf16 input
 call is the wall time of 200 back-to-back calls (the GPU finishes each long before the next is
 issued), in two passes in opposite orders so that a warm-up effect shows as a difference between
 them. Baselines: an empty ``torch.empty``, one bf16 ``torch.mm`` of the same size and the launch
-of a one-argument Triton kernel. Writes ``host_cost.json`` and ``host_cost.md``; with
-``--profile`` also ``host_profile.txt``, where the Python time of a few ops goes (cProfile).
+of a one-argument Triton kernel. Whole layers too: a ``QuantLinear`` per recipe and the
+mixed-precision ``nn.Linear`` it replaces, forward and backward as ``run.py`` times them. Writes
+``host_cost.json`` and ``host_cost.md``; with ``--profile`` also ``host_profile.txt``, where the
+Python time of a few ops (the NVFP4 layer among them) goes (cProfile).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from fp4train.kernels.gemm import fp4_matmul, mx_fp8_matmul
 from fp4train.kernels.mx_fp8 import mx_to_e4m3
 from fp4train.kernels.quantize import quantize_fp4_pair
 from fp4train.quant import QuantSpec, quantize
+
+from .run import fwd_bwd
 
 CALLS = 200
 
@@ -73,15 +77,6 @@ def profile(table: dict, names: tuple[str, ...], top: int = 25) -> str:
     return out.getvalue()
 
 
-def _fwd_bwd(layer: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor):
-    """One forward and backward of ``layer`` under bf16 autocast (what the recipes run)."""
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            y = layer(x)
-        y.backward(dy)
-    return step
-
-
 def ops() -> dict:
     from fp4train.linear import QuantLinear
 
@@ -107,9 +102,10 @@ def ops() -> dict:
         "fp4_matmul mxfp4 (dequantize ×2 + cuBLAS)": lambda: fp4_matmul(qx_mx, qw_mx, torch.bfloat16),
         "mx_to_e4m3": lambda: mx_to_e4m3(qx_mx),
         "mx_fp8_matmul": lambda: mx_fp8_matmul(qx_mx, qw_mx, torch.bfloat16),
-        # a whole layer's step, x of 256 tokens requiring grad: what a small model pays per linear
-        "nn.Linear fwd+bwd, FP32 weights, bf16 autocast (baseline)": _fwd_bwd(torch.nn.Linear(512, 512, device="cuda"), xg, dy),
-        **{f"QuantLinear {r} fwd+bwd": _fwd_bwd(QuantLinear(512, 512, recipe=r, device="cuda"), xg, dy)
+        # a whole layer's step as run.py times it (x of 256 tokens requiring grad, gradients
+        # accumulating): what a small model pays per linear
+        "nn.Linear fwd+bwd, FP32 weights, bf16 autocast (baseline)": fwd_bwd(torch.nn.Linear(512, 512, device="cuda"), xg, dy, True),
+        **{f"QuantLinear {r} fwd+bwd": fwd_bwd(QuantLinear(512, 512, recipe=r, device="cuda"), xg, dy, False)
            for r in ("nvfp4", "mxfp4", "fp8")},
     }
 

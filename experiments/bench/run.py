@@ -8,8 +8,9 @@
    training steps replayed from CUDA graphs against eager ones, bit for bit;
 3. times (median of ``triton.testing.do_bench``) the device copy bandwidth, each quantizer
    variant (and the reference ``quantize`` eager and under ``torch.compile``), the GEMMs at
-   M×N×K = 8192×4096×4096 against bf16, and a ``QuantLinear`` fwd+bwd against ``nn.Linear``;
-4. writes ``bench.json`` and ``bench.md`` (a Markdown table) to ``--out``.
+   M×N×K = 8192×4096×4096 against bf16, a ``QuantLinear`` fwd+bwd against ``nn.Linear``, and
+   torchao's NVFP4/MXFP4 casts beside ours (``peers.py``) where torchao is installed;
+4. writes ``bench.json``, ``bench.md`` (Markdown tables) and ``bench.png`` (``plot.py``) to ``--out``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import multiprocessing as mp
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import triton
@@ -502,6 +504,17 @@ LINEAR_SHAPES = [(4096, 4096), (4096, 14336)]  # (in, out) features; M tokens
 AUTOCAST_BASELINE = "nn.Linear, FP32 weights, bf16 autocast"
 
 
+def fwd_bwd(layer: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor, autocast: bool) -> Callable[[], None]:
+    """A step of ``layer``: forward on ``x`` (under bf16 autocast on the GPU if ``autocast``) and
+    backward of ``dy``. Gradients accumulate into ``x.grad`` and the parameters' ``.grad`` from
+    call to call (no ``zero_grad``), for every layer alike."""
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            y = layer(x)
+        y.backward(dy)
+    return step
+
+
 def time_linears() -> list[dict]:
     """Each layer's fwd + bwd against two baselines: a bf16 ``nn.Linear`` (bf16 weights and
     gradients), and the mixed-precision one the training recipes run, an ``nn.Linear`` with FP32
@@ -524,10 +537,7 @@ def time_linears() -> list[dict]:
                                                                 dtype=torch.bfloat16)
         first = len(rows)
         for name, layer in layers.items():
-            def step():
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=name == AUTOCAST_BASELINE):
-                    y = layer(x)
-                y.backward(dy)
+            step = fwd_bwd(layer, x, dy, autocast=name == AUTOCAST_BASELINE)
             for _ in range(3):
                 step()
             rows.append({"linear": f"{name} {M}×{k}→{n} fwd+bwd", "eager_ms": ms(step), "gpu_ms": _step_gpu_ms(step)})
@@ -628,15 +638,19 @@ def markdown(res: dict) -> str:
               "Eager = one Python call; GPU = CUDA-graph replay; compiled: the `torch.compile`d cast, GPU / eager. "
               "Equal bytes: the fraction of the peer's code / scale bytes equal to ours, on Gaussian x and on x with "
               "row scales 2^-20..2^20 (`experiments/bench/peers.py` says why NVFP4's differ).\n"]
-    if peers and "unavailable" in peers[0]:
+    if "peers_error" in res:
+        lines.append(f"Failed: {res['peers_error']}")
+    elif not peers:
+        lines.append("Not run (skipped).")
+    elif "unavailable" in peers[0]:
         lines.append(f"Not run: {peers[0]['unavailable']}.")
     else:
         lines += ["| peer | eager µs | GPU µs | compiled: GPU µs / eager µs | ours: GPU µs / eager µs | GPU time / ours (eager / compiled) | "
                   "codes equal (Gaussian / wide) | scales equal (Gaussian / wide) |", "|---|---|---|---|---|---|---|---|"]
         for r in peers:
             gpu = f"{r['gpu_ms'] * 1e3:.0f}" if "gpu_ms" in r else "not capturable"
-            comp = (f"{r['compiled_gpu_ms'] * 1e3:.0f} / {r['compiled_ms'] * 1e3:.0f}" if "compiled_gpu_ms" in r
-                    else f"failed: {r.get('compiled_error', '')[:80]}")
+            comp = (f"failed: {r['compiled_error'][:80]}" if "compiled_error" in r else
+                    " / ".join(f"{r[k] * 1e3:.0f}" if k in r else "–" for k in ("compiled_gpu_ms", "compiled_ms")))
             ratio = " / ".join(f"{r[k] / r['ours_gpu_ms']:.1f}×" if k in r else "–" for k in ("gpu_ms", "compiled_gpu_ms"))
             lines.append(f"| {r['peer']} | {r['eager_ms'] * 1e3:.0f} | {gpu} | {comp} | {r['ours_gpu_ms'] * 1e3:.0f} / "
                          f"{r['ours_eager_ms'] * 1e3:.0f} | {ratio} | {r['codes_equal_gaussian']:.2%} / {r['codes_equal_wide']:.2%} | "

@@ -298,7 +298,7 @@ def _amax_kernel(
     """``x.abs().amax()`` (of ``apply_rht(x)`` / ``apply_rht(x.T)`` where asked) for the row- and
     column-wise orientations into ``amax_ptr[0:2]`` (int32 bit patterns, atomic max; NaN is
     stored as inf, which gives the same NaN tensor scale). Program ``p`` of ``P`` reduces tiles
-    ``p, p + P, ...`` of the ``tiles`` (BM, BK) tiles (``amax_programs``) and makes one atomic
+    ``p, p + P, ...`` of the ``tiles`` (BM, BK) tiles (``_amax_programs``) and makes one atomic
     per orientation."""
     n_k = tl.cdiv(K, BK)
     row_amax = tl.zeros((), tl.int32)
@@ -318,7 +318,7 @@ def _amax_kernel(
 _AMAX_PROGRAMS_PER_SM = 16  # column-wise amax passes (NOTES.md v10): 33 -> 26 us at 8192x4096
 
 
-def amax_programs(tiles: int, colwise: bool, device: torch.device) -> int:
+def _amax_programs(tiles: int, colwise: bool, device: torch.device) -> int:
     """How many programs ``_amax_kernel`` runs for ``tiles`` tiles. A pass with the column-wise
     orientation (a transposed tile, and an RHT along it in NVFP4) loops over tiles in
     ``_AMAX_PROGRAMS_PER_SM`` programs per SM, which measured faster on an H200 than one
@@ -332,7 +332,7 @@ def amax_programs(tiles: int, colwise: bool, device: torch.device) -> int:
 @functools.lru_cache(maxsize=None)
 def _device_limits(device: torch.device) -> tuple[int, int]:
     """``(SMs, bytes of shared memory a program may use)`` of a CUDA device, read once (reading
-    the properties cost ~10 µs of host time per GEMM)."""
+    the properties costs ~10 µs of host time, and GEMMs and amax passes ask on every call)."""
     smem = triton.runtime.driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
     return torch.cuda.get_device_properties(device).multi_processor_count, smem
 
@@ -638,7 +638,7 @@ def quantize_fp4_pair(
         amax_buf = amax.to(torch.float32).view(torch.int32).reshape(2)
     else:
         amax_buf = torch.zeros(2, dtype=torch.int32, device=dev)
-        programs = amax_programs(plan.tiles, col_spec is not None, dev)
+        programs = _amax_programs(plan.tiles, col_spec is not None, dev)
         _amax_kernel[(programs,)](xm, m, k, xm.stride(0), amax_buf, h, plan.tiles, **plan.amax_args)
     if plan.separate:  # one launch per orientation, both reading this amax pass's result
         given = None if plan.mx else amax_buf.view(torch.float32)
