@@ -265,9 +265,15 @@ def _tile_origin(M, K, BM: tl.constexpr, BK: tl.constexpr, REVERSE: tl.constexpr
     pid = tl.program_id(0)
     if REVERSE:
         pid = tl.num_programs(0) - 1 - pid
-    tile = pid // PARTS
+    row0, col0 = _tile_corner(pid // PARTS, K, BM, BK)
+    return row0, col0, pid % PARTS
+
+
+@triton.jit
+def _tile_corner(tile, K, BM: tl.constexpr, BK: tl.constexpr):
+    """``(row0, col0)`` of (BM, BK) tile number ``tile``, row bands in order, a band's tiles consecutive."""
     n_k = tl.cdiv(K, BK)
-    return (tile // n_k) * BM, (tile % n_k) * BK, pid % PARTS
+    return (tile // n_k) * BM, (tile % n_k) * BK
 
 
 @triton.jit
@@ -300,11 +306,11 @@ def _amax_kernel(
     stored as inf, which gives the same NaN tensor scale). Program ``p`` of ``P`` reduces tiles
     ``p, p + P, ...`` of the ``tiles`` (BM, BK) tiles (``_amax_programs``) and makes one atomic
     per orientation."""
-    n_k = tl.cdiv(K, BK)
     row_amax = tl.zeros((), tl.int32)
     col_amax = tl.zeros((), tl.int32)
     for t in range(tl.program_id(0), tiles, tl.num_programs(0)):
-        x = _load_tile(x_ptr, M, K, stride, (t // n_k) * BM, (t % n_k) * BK, BM, BK, VEC)
+        row0, col0 = _tile_corner(t, K, BM, BK)
+        x = _load_tile(x_ptr, M, K, stride, row0, col0, BM, BK, VEC)
         if ROW:
             row_amax = tl.maximum(row_amax, _tile_amax(x, h_ptr, BM, BK, ROW_RHT))
         if COL:
