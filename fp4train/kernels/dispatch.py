@@ -21,16 +21,27 @@ __all__ = ["quantize_on_gpu", "quantize_pair_on_gpu", "matmul_on_gpu", "philox_s
 _GOLDEN = 0x9E3779B97F4A7C15
 
 
-def philox_seed(spec: QuantSpec, generator: torch.Generator | SRStream | None) -> tuple[int, torch.Tensor | None]:
-    """The in-kernel Philox key and counter word for SR without explicit bits: ``spec.seed``
-    without a generator (equal calls give equal bits, as in the reference); an ``SRStream``'s key
-    and device counter; else a key derived from the generator's state, which then advances, so
-    later calls draw other bits. A CUDA generator is read through its seed and Philox offset,
-    without a device synchronisation. The counter is ``None`` (0) but for an ``SRStream``."""
-    if generator is None:
-        return spec.seed, None
+def philox_seed(
+    spec: QuantSpec, generator: torch.Generator | SRStream | None, device: torch.device
+) -> tuple[int, torch.Tensor | None]:
+    """The in-kernel Philox key and counter word for SR without explicit bits: an ``SRStream``'s
+    key and device counter; else a key derived from the generator's state (``None``: torch's
+    default generator of ``device``, as in the reference), which then advances, so later calls
+    draw other bits. A CUDA generator is read through its seed and Philox offset, without a
+    device synchronisation, but on the host: inside a CUDA graph capture that read (of any
+    generator) would replay one draw forever, so it is refused there. The counter is ``None`` (0) but for an
+    ``SRStream``."""
     if isinstance(generator, SRStream):
         return generator.key, generator.counter
+    if generator is None:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        generator = torch.cuda.default_generators[index]
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            f"stochastic rounding ({spec.fmt}) from a torch.Generator inside a CUDA graph capture: the "
+            "graph would replay the captured draw at every step; pass an SRStream (a device counter "
+            "the kernel reads when it runs, fp4train.quant.streams) as the generator"
+        )
     if generator.device.type == "cpu":
         return int(torch.randint(0, 2**62, (1,), generator=generator)), None
     offset = generator.get_offset()
@@ -61,7 +72,7 @@ def quantize_on_gpu(
         if tuple(rand_bits.shape) != (m, k):
             return None  # the reference raises the error that names the expected shape
         rand_bits = rand_bits.to(device=x.device, dtype=torch.int32)
-    seed, counter = philox_seed(spec, generator) if spec.rounding == "sr" and rand_bits is None else (None, None)
+    seed, counter = philox_seed(spec, generator, x.device) if spec.rounding == "sr" and rand_bits is None else (None, None)
     if transposed:
         return quantize_fp4_pair(x.T, None, spec, col_rand=rand_bits, col_seed=seed, col_counter=counter)[1]
     return quantize_fp4(x, spec, rand_bits=rand_bits, seed=seed, counter=counter)
@@ -83,8 +94,8 @@ def quantize_pair_on_gpu(
         return quantize_fp8(x, row_spec, col_spec)
     if not (x.is_cuda and supports(x, row_spec) and supports(x, col_spec, colwise=True) and pairable(row_spec, col_spec)):
         return None
-    row_seed, row_counter = philox_seed(row_spec, row_generator) if row_spec.rounding == "sr" else (None, None)
-    col_seed, col_counter = philox_seed(col_spec, col_generator) if col_spec.rounding == "sr" else (None, None)
+    row_seed, row_counter = philox_seed(row_spec, row_generator, x.device) if row_spec.rounding == "sr" else (None, None)
+    col_seed, col_counter = philox_seed(col_spec, col_generator, x.device) if col_spec.rounding == "sr" else (None, None)
     return quantize_fp4_pair(
         x, row_spec, col_spec, seed=row_seed, col_seed=col_seed, counter=row_counter, col_counter=col_counter
     )

@@ -104,10 +104,11 @@ def quantize(
 ) -> QuantizedTensor:
     """Quantize ``x`` with blocks along its last dimension (leading dims are flattened to rows).
 
-    Stochastic rounding draws ``spec.sr_bits``-bit integers from ``generator`` (default: a
-    fresh generator seeded with ``spec.seed``, so equal calls give equal bits; an ``SRStream``:
-    its step's generator, or on the GPU its in-kernel stream) unless ``rand_bits`` (int tensor
-    of the padded ``(M, K)`` shape) supplies them.
+    Stochastic rounding draws ``spec.sr_bits``-bit integers from ``generator`` unless
+    ``rand_bits`` (int tensor of the padded ``(M, K)`` shape) supplies them. ``generator``: a
+    ``torch.Generator``; an ``SRStream`` (its step's generator, or on the GPU its in-kernel
+    stream); or ``None``, torch's default generator of ``x``'s device, so that successive calls
+    draw fresh bits (``torch.manual_seed`` makes them reproducible), as ``torch.rand`` does.
     """
     if not isinstance(spec, QuantSpec):
         raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
@@ -153,9 +154,7 @@ def quantize(
 
     scaled = m * expand_blocks(enc, block, (rows, cols))
     if spec.rounding == "sr" and rand_bits is None:
-        if generator is None:
-            generator = torch.Generator(device=m.device).manual_seed(spec.seed)
-        elif isinstance(generator, SRStream):
+        if isinstance(generator, SRStream):
             generator = generator.generator(m.device)
         rand_bits = random_bits((rows, cols), spec.sr_bits, generator, m.device)
     q = round_to_grid(scaled, fmt.element, spec.rounding, rand_bits, spec.sr_bits)

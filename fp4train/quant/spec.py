@@ -67,7 +67,8 @@ class QuantSpec:
         quantizing (a power of two, e.g. 16), or ``None``.
       scale_rule: MX formats only — ``"floor"`` (OCP: ``2^(floor(log2 amax) - emax)``, may clip
         the block maximum) or ``"ceil"`` (``2^ceil(log2(amax / max))``, never clips); default floor.
-      seed: seeds the RHT sign vector and, when no generator is passed, the SR random bits.
+      seed: seeds the RHT sign vector (a recipe also keys its layers' SR streams with it; a
+        ``quantize`` call without a generator draws SR bits from torch's default generator).
       sr_bits: random bits per element for SR (hardware uses 8; default 16).
       pad: zero-pad to whole blocks instead of raising (the padding is cropped on dequantize).
     """

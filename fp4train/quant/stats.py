@@ -25,7 +25,8 @@ def quant_stats(x: torch.Tensor, spec: QuantSpec) -> dict[str, float]:
     """``{"clipped", "flushed", "qsnr_db"}`` of ``fake_quantize(x, spec)`` (see module doc)."""
     if spec.is_identity:
         return {"clipped": 0.0, "flushed": 0.0, "qsnr_db": math.inf}
-    qt = quantize(x, spec)
+    # SR specs: one draw from a generator of their own (the global RNG, and so training, untouched)
+    qt = quantize(x, spec, generator=torch.Generator(device=x.device).manual_seed(spec.seed))
     y = qt.padded_values()
     rows, cols = qt.padded
     ref = x.reshape(-1, x.shape[-1]).float()

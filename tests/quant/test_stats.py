@@ -28,3 +28,13 @@ def test_qsnr_is_infinite_for_exact_values_and_drops_with_fewer_bits():
     x = torch.randn(64, 256)
     fp4, fp8 = quant_stats(x, QuantSpec("mxfp4"))["qsnr_db"], quant_stats(x, QuantSpec("mxfp8"))["qsnr_db"]
     assert 15 < fp4 < 22 < 28 < fp8 < 35
+
+
+def test_stats_of_an_sr_spec_leave_the_global_generator_alone():
+    """A logging callback must not change training: SR stats draw from a generator of their own."""
+    x = torch.randn(16, 64)
+    spec = QuantSpec("nvfp4", rounding="sr")
+    state = torch.get_rng_state()
+    first = quant_stats(x, spec)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert quant_stats(x, spec) == first

@@ -73,13 +73,24 @@ def test_sr_bit_rule_is_add_random_bits_then_truncate():
     assert torch.equal(ups, torch.floor(frac * 2**b).long())
 
 
-def test_sr_is_reproducible_from_seed_and_generator():
+def test_sr_without_a_generator_draws_fresh_bits_every_call():
+    """No generator: torch's default generator, as ``torch.rand`` — a library user's loop gets a new
+    dither on every call (not one fixed pattern), and ``torch.manual_seed`` reproduces the run."""
     x = torch.randn(16, 64)
     spec = QuantSpec("nvfp4", rounding="sr", seed=7)
-    assert torch.equal(fake_quantize(x, spec), fake_quantize(x, spec))
-    assert not torch.equal(fake_quantize(x, spec), fake_quantize(x, QuantSpec("nvfp4", rounding="sr", seed=8)))
+    torch.manual_seed(0)
+    first, second = fake_quantize(x, spec), fake_quantize(x, spec)
+    assert not torch.equal(first, second)
+    torch.manual_seed(0)
+    assert torch.equal(fake_quantize(x, spec), first) and torch.equal(fake_quantize(x, spec), second)
+
+
+def test_sr_is_reproducible_from_a_generator():
+    x = torch.randn(16, 64)
+    spec = QuantSpec("nvfp4", rounding="sr", seed=7)
     a = fake_quantize(x, spec, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, fake_quantize(x, spec, generator=torch.Generator().manual_seed(3)))
+    assert not torch.equal(a, fake_quantize(x, spec, generator=torch.Generator().manual_seed(4)))
 
 
 def test_explicit_random_bits_drive_sr():
