@@ -11,14 +11,22 @@ transposes it (``quant.transpose``) instead of quantizing ``Wᵀ`` again.
 
 Stochastic rounding draws its bits from one ``SRStream`` per operand: key ``stream_seed(recipe
 seed, layer id, operand[, rank if > 0])``, counter the layer's step counter ``sr_step``, a 0-dim
-int64 tensor beside the weight that each training forward increments in place. On the GPU
-the kernels read the counter when they run, so the layer can be captured in a CUDA graph
-(``torch.cuda.make_graphed_callables``) and each replay draws the next step's bits, the same
-bits as the eager run. The counter is part of the module's state dict, so a resumed run
+int64 tensor beside the weight that each training forward increments in place. Each call
+keeps a device copy of the counter for its backward, so a layer called twice before backward
+(shared weights, several micro-batches) rounds each call's gradient with that call's bits.
+On the GPU the kernels read the counter when they run, so the layer can be captured in a CUDA
+graph (``torch.cuda.make_graphed_callables``) and each replay draws the next step's bits, the
+same bits as the eager run. The counter is part of the module's state dict, so a resumed run
 continues the same streams.
+
+Backward reads nothing of the layer: the specs in force, the stream keys and the counter copy
+are fixed by the forward call (``_CallPlan``), and the gradients autograd does not ask for
+(``ctx.needs_input_grad``: an input or weight that needs none) are neither quantized nor computed.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -41,52 +49,151 @@ from fp4train.recipes import BF16, GEMMS, OPERANDS, Recipe, build_recipe
 __all__ = ["QuantLinear"]
 
 
+@dataclass(frozen=True)
+class _CallPlan:
+    """What one call of a layer quantizes with, fixed when its forward runs: backward reads
+    nothing of the layer, which a precision schedule (``high_precision``) or a later call (the
+    step counter) may change before backward runs.
+
+    ``specs``/``keys``: per operand (``OPERANDS`` order) the spec in force and its SR stream's key
+    (``None``: round to nearest). ``grad``: autograd records the call (else forward keeps
+    nothing for backward)."""
+
+    specs: tuple[QuantSpec, ...]
+    keys: tuple[int | None, ...]
+    mx_fp8: bool
+    double_quant: bool
+    grad: bool
+
+    def spec(self, operand: str) -> QuantSpec:
+        return self.specs[OPERANDS.index(operand)]
+
+    @property
+    def uses_sr(self) -> bool:
+        return any(k is not None for k in self.keys)
+
+    def stream(self, operand: str, counter: torch.Tensor | None) -> SRStream | None:
+        key = self.keys[OPERANDS.index(operand)]
+        return None if key is None else SRStream(key, counter)
+
+    def quantize(self, operand: str, t: torch.Tensor, counter: torch.Tensor | None) -> QuantizedTensor:
+        return quantize(t, self.spec(operand), generator=self.stream(operand, counter))
+
+    def quantize_pair(
+        self, row_operand: str, col_operand: str, t: torch.Tensor, counter: torch.Tensor | None
+    ) -> tuple[QuantizedTensor, QuantizedTensor]:
+        """``t`` for ``row_operand`` and ``t.T`` for ``col_operand`` (one read on the GPU)."""
+        return quantize_pair(
+            t,
+            self.spec(row_operand),
+            self.spec(col_operand),
+            row_generator=self.stream(row_operand, counter),
+            col_generator=self.stream(col_operand, counter),
+        )
+
+
+def _tensors_of(qt: QuantizedTensor | None) -> tuple[torch.Tensor | None, ...]:
+    """``qt``'s tensors (three ``None`` for no ``qt``), for ``ctx.save_for_backward``."""
+    return (None, None, None) if qt is None else (qt.data, qt.scales, qt.tensor_scale)
+
+
+def _shell(qt: QuantizedTensor | None) -> QuantizedTensor | None:
+    """``qt`` without its tensors: what ``ctx`` keeps beside the saved tensors."""
+    return None if qt is None else replace(qt, data=None, scales=None, tensor_scale=None)
+
+
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` are the same elements of the same memory, laid out alike."""
+    return (a.shape, a.stride(), a.storage_offset(), a.dtype) == (b.shape, b.stride(), b.storage_offset(), b.dtype) and (
+        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    )
+
+
+def _rebuilt(shell: QuantizedTensor | None, tensors: tuple[torch.Tensor | None, ...]) -> QuantizedTensor | None:
+    """Inverse of (``_shell``, ``_tensors_of``)."""
+    if shell is None:
+        return None
+    data, scales, tensor_scale = tensors
+    return replace(shell, data=data, scales=scales, tensor_scale=tensor_scale)
+
+
 class _QuantLinearFunction(torch.autograd.Function):
-    """Autograd over the three quantized GEMMs of one linear layer (2-D ``x``: tokens × in)."""
+    """Autograd over the three quantized GEMMs of one linear layer (2-D ``x``: tokens × in).
+
+    Every tensor backward reads goes through ``ctx.save_for_backward`` (a ``QuantizedTensor`` as
+    its codes, scales and tensor scale): autograd's version check then catches an in-place
+    change of an operand kept as is (the identity format keeps a view of ``x``), and
+    ``saved_tensors_hooks`` (offloading, activation checkpointing) see every saved copy. Only the
+    gradients autograd asks for (``ctx.needs_input_grad``) are computed, and only what they need
+    is kept."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: "QuantLinear"):
-        q = layer._quantize_operand
-        if layer.recipe.double_quant:  # TetraJet: Wgrad's x is the Fprop copy, quantized again
-            qx = q("x_fprop", x)
-            qxt = q("x_wgrad", dequantize(qx).T)
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: "QuantLinear", plan: _CallPlan):
+        need_dx = plan.grad and ctx.needs_input_grad[0]
+        need_dw = plan.grad and ctx.needs_input_grad[1]
+        # this call's SR step: a later call advances the layer's counter before this backward runs
+        counter = layer.sr_step.clone() if plan.uses_sr else None
+        qxt = None
+        if plan.double_quant:  # TetraJet: Wgrad's x is the Fprop copy, quantized again
+            qx = plan.quantize("x_fprop", x, counter)
+            if need_dw:
+                qxt = plan.quantize("x_wgrad", dequantize(qx).T, counter)
+        elif need_dw:
+            qx, qxt = plan.quantize_pair("x_fprop", "x_wgrad", x, counter)
         else:
-            qx, qxt = layer._quantize_pair("x_fprop", "x_wgrad", x)
-        w_spec = layer.operand_spec("w_fprop")
+            qx = plan.quantize("x_fprop", x, counter)
+        w_spec = plan.spec("w_fprop")
         qw = layer.quantize_weight(weight.to(x.dtype) if w_spec.is_identity else weight, w_spec)
-        mx_fp8 = layer.recipe.mx_fp8_gemm
         if bias is None:  # the GEMM rounds its FP32 result to the activation dtype once
-            y = quantized_matmul(qx, qw, out_dtype=x.dtype, mx_fp8=mx_fp8)
+            y = quantized_matmul(qx, qw, out_dtype=x.dtype, mx_fp8=plan.mx_fp8)
         else:  # as addmm under autocast: bias in the activation dtype, added in FP32, one rounding
-            y = (quantized_matmul(qx, qw, out_dtype=torch.float32, mx_fp8=mx_fp8) + bias.to(x.dtype).float()).to(x.dtype)
-        ctx.layer, ctx.qxt, ctx.has_bias = layer, qxt, bias is not None
-        ctx.transpose_qw = layer._fprop_weight_serves_dgrad(qw)
-        ctx.qw = qw if layer.recipe.double_quant or ctx.transpose_qw else None
-        ctx.x_dtype = x.dtype
-        ctx.save_for_backward(weight)
-        layer.saved_bytes = qxt.nbytes + (qw.nbytes if ctx.qw is not None else 0)
+            y = (quantized_matmul(qx, qw, out_dtype=torch.float32, mx_fp8=plan.mx_fp8) + bias.to(x.dtype).float()).to(x.dtype)
+        ctx.transpose_qw = need_dx and layer._fprop_weight_serves_dgrad(qw, plan.spec("w_dgrad"))
+        kept_qw = qw if need_dx and (plan.double_quant or ctx.transpose_qw) else None
+        kept_w = weight if need_dx and kept_qw is None else None  # Dgrad quantizes Wᵀ itself
+        ctx.plan, ctx.dtypes = plan, (x.dtype, weight.dtype)
+        ctx.qxt, ctx.qw = _shell(qxt), _shell(kept_qw)
+        qxt_tensors = _tensors_of(qxt)
+        # Wgrad's x in the identity format is xᵀ, a view made here (no-grad mode): save the input
+        # itself, whose version autograd checks as for F.linear's saved input
+        ctx.qxt_is_xt = qxt is not None and _same_view(qxt.data, x.T)
+        if ctx.qxt_is_xt:
+            qxt_tensors = (x, *qxt_tensors[1:])
+        ctx.save_for_backward(kept_w, counter, *qxt_tensors, *_tensors_of(kept_qw))
+        layer.saved_bytes = sum(q.nbytes for q in (qxt, kept_qw) if q is not None)
         return y
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        (weight,) = ctx.saved_tensors
-        layer: QuantLinear = ctx.layer
-        q = layer._quantize_operand
+        plan: _CallPlan = ctx.plan
+        weight, counter, *quantized = ctx.saved_tensors
+        if ctx.qxt_is_xt:
+            quantized[0] = quantized[0].T
+        qxt, qw = _rebuilt(ctx.qxt, quantized[:3]), _rebuilt(ctx.qw, quantized[3:])
+        need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+        x_dtype, w_dtype = ctx.dtypes
+        dx = dw = db = None
         with torch.autocast(device_type=dy.device.type, enabled=False):
-            if ctx.transpose_qw:
-                qwt = transpose(ctx.qw)  # = quantize(Wᵀ, w_dgrad), without a second pass over W
-            else:
-                w_src = dequantize(ctx.qw, dtype=torch.float32) if ctx.qw is not None else weight
-                if layer.operand_spec("w_dgrad").is_identity:  # an unquantized GEMM runs in the activation dtype
-                    w_src = w_src.to(dy.dtype)
-                qwt = q("w_dgrad", w_src.T)
-            qdy, qdyt = layer._quantize_pair("dy_dgrad", "dy_wgrad", dy)
-            mx_fp8 = layer.recipe.mx_fp8_gemm
-            dx = quantized_matmul(qdy, qwt, out_dtype=ctx.x_dtype, mx_fp8=mx_fp8)
-            dw = quantized_matmul(qdyt, ctx.qxt, out_dtype=weight.dtype, mx_fp8=mx_fp8)
-            db = dy.sum(0).to(weight.dtype) if ctx.has_bias else None
-        ctx.qxt = ctx.qw = None
-        return dx, dw, db, None
+            if need_dx and need_dw:
+                qdy, qdyt = plan.quantize_pair("dy_dgrad", "dy_wgrad", dy, counter)
+            elif need_dx:
+                qdy = plan.quantize("dy_dgrad", dy, counter)
+            elif need_dw:
+                qdyt = plan.quantize("dy_wgrad", dy.T, counter)
+            if need_dx:
+                if ctx.transpose_qw:
+                    qwt = transpose(qw)  # = quantize(Wᵀ, w_dgrad), without a second pass over W
+                else:
+                    w_src = dequantize(qw, dtype=torch.float32) if qw is not None else weight
+                    if plan.spec("w_dgrad").is_identity:  # an unquantized GEMM runs in the activation dtype
+                        w_src = w_src.to(dy.dtype)
+                    qwt = plan.quantize("w_dgrad", w_src.T, counter)
+                dx = quantized_matmul(qdy, qwt, out_dtype=x_dtype, mx_fp8=plan.mx_fp8)
+            if need_dw:
+                dw = quantized_matmul(qdyt, qxt, out_dtype=w_dtype, mx_fp8=plan.mx_fp8)
+            if need_db:
+                db = dy.sum(0).to(w_dtype)
+        return dx, dw, db, None, None
 
 
 class QuantLinear(nn.Linear):
@@ -143,30 +250,21 @@ class QuantLinear(nn.Linear):
     def is_unquantized(self) -> bool:
         return all(self.operand_spec(o).is_identity for o in OPERANDS)
 
-    def _stream(self, operand: str) -> SRStream | None:
-        """The SR stream of ``operand`` (``None`` when it rounds to nearest). In a data-parallel
-        run each process but rank 0 mixes its rank into the key: the ranks round their different
-        data with independent bits."""
-        spec = self.operand_spec(operand)
+    def _stream_key(self, operand: str, spec: QuantSpec, rank: int) -> int | None:
+        """The key of ``operand``'s SR stream (``None`` when it rounds to nearest):
+        ``stream_seed(recipe seed, layer id, operand)``. In a data-parallel run each process but
+        rank 0 mixes its rank in: the ranks round their different data with independent bits."""
         if spec.rounding != "sr":
             return None
+        return stream_seed(spec.seed, self.layer_id, OPERANDS.index(operand), *((rank,) if rank else ()))
+
+    def _plan(self, grad: bool) -> _CallPlan:
+        """This call's specs and SR stream keys (``_CallPlan``)."""
         dist = torch.distributed
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        parts = (spec.seed, self.layer_id, OPERANDS.index(operand)) + ((rank,) if rank else ())
-        return SRStream(stream_seed(*parts), self.sr_step)
-
-    def _quantize_operand(self, operand: str, t: torch.Tensor) -> QuantizedTensor:
-        return quantize(t, self.operand_spec(operand), generator=self._stream(operand))
-
-    def _quantize_pair(self, row_operand: str, col_operand: str, t: torch.Tensor) -> tuple[QuantizedTensor, QuantizedTensor]:
-        """``t`` for ``row_operand`` and ``t.T`` for ``col_operand`` (one read on the GPU)."""
-        return quantize_pair(
-            t,
-            self.operand_spec(row_operand),
-            self.operand_spec(col_operand),
-            row_generator=self._stream(row_operand),
-            col_generator=self._stream(col_operand),
-        )
+        specs = tuple(self.operand_spec(o) for o in OPERANDS)
+        keys = tuple(self._stream_key(o, s, rank) for o, s in zip(OPERANDS, specs))
+        return _CallPlan(specs, keys, self.recipe.mx_fp8_gemm, self.recipe.double_quant, grad)
 
     def quantize_weight(self, weight: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
         """Fprop weight quantizer; a subclass may change how W is rounded (e.g. TetraJet's Q-EMA)
@@ -178,27 +276,33 @@ class QuantLinear(nn.Linear):
         overrides ``quantize_weight``, unless it overrides this too (Q-EMA: until the EMA rounds)."""
         return type(self).quantize_weight is QuantLinear.quantize_weight
 
-    def _fprop_weight_serves_dgrad(self, qw: QuantizedTensor) -> bool:
-        """Whether Dgrad's ``quantize(Wᵀ, w_dgrad)`` is Fprop's copy ``qw`` transposed
+    def _fprop_weight_serves_dgrad(self, qw: QuantizedTensor, dgrad_spec: QuantSpec) -> bool:
+        """Whether Dgrad's ``quantize(Wᵀ, dgrad_spec)`` is Fprop's copy ``qw`` transposed
         (``quant.transpose``): ``qw`` is plain ``quantize(W)`` with the Dgrad spec, and that spec
         transposes exactly (NVFP4's 16×16 weight blocks, per-tensor FP8; round to nearest). Not
         under TetraJet's double quantization, whose Dgrad copy is quantized from the Fprop copy."""
-        spec = self.operand_spec("w_dgrad")
         plain = self.rounds_weight_plainly() and not self.recipe.double_quant
-        return plain and qw.spec == spec and transposes_exactly(spec)
+        return plain and qw.spec == dgrad_spec and transposes_exactly(dgrad_spec)
+
+    def gemm_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as the GEMMs quantize it: cast to the autocast dtype where autocast is on (as
+        ``nn.Linear`` would cast it)."""
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            return x.to(torch.get_autocast_dtype(device_type))
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_unquantized:
             return F.linear(x, self.weight, self.bias)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"{self.__class__.__name__} expects last dim {self.in_features}, got shape {tuple(x.shape)}")
-        device_type = x.device.type
-        if torch.is_autocast_enabled(device_type):
-            x = x.to(torch.get_autocast_dtype(device_type))
-        if self.training and torch.is_grad_enabled():
+        x = self.gemm_input(x)
+        grad = torch.is_grad_enabled()
+        if self.training and grad:
             self.sr_step.add_(1)
-        with torch.autocast(device_type=device_type, enabled=False):
-            y = _QuantLinearFunction.apply(x.reshape(-1, self.in_features), self.weight, self.bias, self)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            y = _QuantLinearFunction.apply(x.reshape(-1, self.in_features), self.weight, self.bias, self, self._plan(grad))
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def graph_key(self) -> tuple:

@@ -156,7 +156,7 @@ def test_saved_tensors_are_packed_not_bf16():
         q = QuantLinear.from_linear(nn.Linear(256, 256), build_recipe(name))
         q(x.requires_grad_(True)).sum().backward()
         qw = quantize(q.weight.detach(), q.recipe.w_fprop)
-        w_bytes = qw.nbytes if q._fprop_weight_serves_dgrad(qw) else 0  # Fprop's W kept for Dgrad (nvfp4, fp8)
+        w_bytes = qw.nbytes if q._fprop_weight_serves_dgrad(qw, q.recipe.w_dgrad) else 0  # Fprop's W kept for Dgrad (nvfp4, fp8)
         bf16_bytes = x.numel() * 2
         ratio = (q.saved_bytes - w_bytes) / bf16_bytes
         print(f"{name}: saved {q.saved_bytes - w_bytes} B for x (+ {w_bytes} B for W) vs {bf16_bytes} B in bf16 ({ratio:.3f})")
@@ -251,7 +251,141 @@ def test_ranks_of_a_data_parallel_run_draw_independent_sr_bits(monkeypatch):
     for rank in (0, 1, 2):
         monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
         monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
-        keys[rank] = q._stream("dy_wgrad").key
+        keys[rank] = q._plan(True).keys[OPERANDS.index("dy_wgrad")]
     monkeypatch.undo()
-    assert keys[0] == q._stream("dy_wgrad").key  # rank 0 draws what a single process draws
+    assert keys[0] == q._plan(True).keys[OPERANDS.index("dy_wgrad")]  # rank 0 draws what a single process draws
     assert len(set(keys.values())) == 3
+
+
+@pytest.mark.parametrize("kind", ["nn.Linear", "QuantLinear wgrad in bf16"])
+def test_an_input_changed_in_place_after_forward_fails_backward_by_name(kind):
+    """With Wgrad in high precision, Wgrad's x is kept as is: a view of the input. Changing the
+    input in place before backward must raise, as nn.Linear does, not give dW from the changed
+    values (issue 21, item 6)."""
+    layer = make_pair(64, 48)[0]
+    if kind != "nn.Linear":
+        layer = QuantLinear.from_linear(layer, build_recipe("nvfp4"))
+        layer.high_precision = frozenset({"wgrad"})
+    for h in (torch.randn(32, 64), torch.randn(32, 64, requires_grad=True) * 1):  # input without / with grad
+        y = layer(h)
+        h.mul_(0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
+
+
+@pytest.mark.parametrize("name", ["nvfp4", "tetrajet"])
+def test_backward_reads_the_copies_saved_tensors_hooks_packed(name):
+    """Every tensor backward reads passes through ``saved_tensors_hooks`` (offloading, activation
+    checkpointing): hooks that pack copies see the quantized codes, and backward computes from
+    the copies — overwriting the originals after forward changes nothing."""
+    recipe = build_recipe(RecipeConfig(name=name, seed=1))
+    x, dy = torch.randn(32, 64), torch.randn(32, 64)
+    expected = run(QuantLinear.from_linear(make_pair(64, 64)[0], recipe, layer_id=3), x, dy)
+    q = QuantLinear.from_linear(make_pair(64, 64)[0], recipe, layer_id=3)
+    originals = []
+
+    def pack(t):
+        originals.append(t)
+        return t.clone()
+
+    xg = x.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = q(xg)
+    codes = [t for t in originals if t.dtype == torch.uint8]
+    assert codes and any(t.numel() == 32 * 64 // 2 for t in codes)  # Wgrad's packed FP4 copy of x
+    with torch.no_grad():
+        for t in codes:
+            t.fill_(0x77)  # garbage in every original code and scale byte
+    y.backward(dy)
+    for a, b in zip(expected, (y.detach(), xg.grad, q.weight.grad, q.bias.grad)):
+        assert torch.equal(a, b)
+
+
+def test_a_layer_called_twice_before_backward_rounds_each_call_with_its_own_bits():
+    """Two calls of one layer, one backward (shared weights; issue 21, item 9): each call's
+    gradient equals that of the same call run forward-and-backward on its own, and the weight
+    gradient is the sum of the float64 references at steps 1 and 2 (not twice step 2's bits)."""
+    recipe = build_recipe(RecipeConfig(name="nvfp4", seed=2))
+    g = torch.Generator().manual_seed(3)
+    x1, x2, dy1, dy2 = (torch.randn(32, n, generator=g) for n in (64, 64, 48, 48))
+    lin, w, b = make_pair(64, 48)
+    together = QuantLinear.from_linear(lin, recipe, layer_id=4)
+    a1, a2 = x1.clone().requires_grad_(True), x2.clone().requires_grad_(True)
+    ((together(a1) * dy1).sum() + (together(a2) * dy2).sum()).backward()
+    alone = QuantLinear.from_linear(make_pair(64, 48)[0], recipe, layer_id=4)
+    _, dx1, dw1, _ = run(alone, x1, dy1)
+    dw1 = dw1.clone()
+    alone.weight.grad = alone.bias.grad = None
+    _, dx2, dw2, _ = run(alone, x2, dy2)
+    assert torch.equal(a1.grad, dx1) and torch.equal(a2.grad, dx2)
+    assert torch.equal(together.weight.grad, dw1 + dw2)
+    rdw = reference(recipe, 4, 1, x1, w, b, dy1)[2] + reference(recipe, 4, 2, x2, w, b, dy2)[2]
+    torch.testing.assert_close(together.weight.grad.double(), rdw, rtol=2e-6, atol=2e-6 * rdw.abs().max().item())
+
+
+def _spy(monkeypatch):
+    """Shapes of the tensors ``linear.py`` quantizes or transposes, and the number of GEMMs."""
+    seen = {"quantized": [], "gemms": 0}
+
+    def quantize_spy(t, spec, **kw):
+        seen["quantized"].append(tuple(t.shape))
+        return quantize(t, spec, **kw)
+
+    def pair_spy(t, row_spec, col_spec, **kw):
+        seen["quantized"] += [tuple(t.shape), tuple(t.T.shape)]
+        return linear_module.__dict__["_real_pair"](t, row_spec, col_spec, **kw)
+
+    def matmul_spy(*args, **kw):
+        seen["gemms"] += 1
+        return linear_module.__dict__["_real_matmul"](*args, **kw)
+
+    monkeypatch.setitem(linear_module.__dict__, "_real_pair", linear_module.quantize_pair)
+    monkeypatch.setitem(linear_module.__dict__, "_real_matmul", linear_module.quantized_matmul)
+    monkeypatch.setattr(linear_module, "quantize", quantize_spy)
+    monkeypatch.setattr(linear_module, "quantize_pair", pair_spy)
+    monkeypatch.setattr(linear_module, "quantized_matmul", matmul_spy)
+    monkeypatch.setattr(linear_module, "transpose", lambda qt: seen["quantized"].append(tuple(qt.shape[::-1])) or transpose(qt))
+    return seen
+
+
+@pytest.mark.parametrize("name", ["nvfp4", "mxfp4", "tetrajet"])
+def test_backward_computes_only_the_gradients_autograd_asks_for(name, monkeypatch):
+    """An input that needs no gradient (a first layer) gets no Dgrad: dy and Wᵀ are not quantized
+    and the GEMM does not run; a frozen weight gets no Wgrad, and forward keeps no Wgrad copy of
+    x. Shapes (tokens 32, in 64, out 96): x (32, 64), W (96, 64), xᵀ (64, 32), Wᵀ (64, 96),
+    dy (32, 96), dyᵀ (96, 32). Issue 21, item 10."""
+    recipe = build_recipe(RecipeConfig(name=name, seed=1))
+    seen = _spy(monkeypatch)
+    q = QuantLinear.from_linear(make_pair(64, 96)[0], recipe)
+    y = q(torch.randn(32, 64))
+    y.backward(torch.randn(32, 96))
+    assert seen["gemms"] == 2 and q.weight.grad is not None
+    assert (32, 96) not in seen["quantized"] and (64, 96) not in seen["quantized"]
+    assert {(32, 64), (96, 64), (64, 32), (96, 32)} <= set(seen["quantized"])
+
+    seen["quantized"].clear(), seen.__setitem__("gemms", 0)
+    q.weight.requires_grad_(False)
+    x = torch.randn(32, 64, requires_grad=True)
+    q(x).backward(torch.randn(32, 96))
+    assert seen["gemms"] == 2 and x.grad is not None and q.bias.grad is not None
+    assert (64, 32) not in seen["quantized"] and (96, 32) not in seen["quantized"]
+    assert {(32, 64), (96, 64), (32, 96), (64, 96)} <= set(seen["quantized"])
+
+
+@pytest.mark.parametrize("change", ["high_precision", "sr_step"])
+def test_backward_reads_no_layer_state_changed_after_forward(change):
+    """A precision schedule switching GEMMs, or the step counter moving, between a call's forward
+    and its backward does not change that call's gradients (issue 21, item 10)."""
+    recipe = build_recipe(RecipeConfig(name="nvfp4", sr_scope="backward", seed=5))
+    x, dy = torch.randn(32, 64), torch.randn(32, 48)
+    expected = run(QuantLinear.from_linear(make_pair(64, 48)[0], recipe), x, dy)
+    q = QuantLinear.from_linear(make_pair(64, 48)[0], recipe)
+    xg = x.clone().requires_grad_(True)
+    y = q(xg)
+    if change == "high_precision":
+        q.high_precision = frozenset({"dgrad", "wgrad"})
+    else:
+        q.sr_step.fill_(100)
+    y.backward(dy)
+    for a, b in zip(expected[1:], (xg.grad, q.weight.grad, q.bias.grad)):
+        assert torch.equal(a, b)
