@@ -2,7 +2,7 @@
 and which layers stay in BF16.
 
 A linear layer ``y = x Wᵀ`` runs three GEMMs, each quantizing both inputs along its own
-reduction dimension (NUMERICS.md, "Where quantization happens"):
+reduction dimension (NVIDIA's table, arXiv 2509.25149 §4; ``docs/numerics.md``):
 
 =======  ==============  ====================  =====================
 GEMM     computes        operand 1 (reduce)    operand 2 (reduce)
@@ -100,7 +100,8 @@ class RecipeConfig:
     Switches: ``rht`` (16-point RHT on the Wgrad inputs), ``rht_size``, ``sr`` (stochastic
     rounding; ``sr_scope``: ``grad`` = dy in Dgrad and Wgrad, ``backward`` = all four backward
     operands), ``weight_2d`` (square weight tiles, so W and Wᵀ quantize alike),
-    ``bf16_first_blocks``/``bf16_last_blocks``, ``scale_rule`` (MX), ``double_quant``,
+    ``bf16_first_blocks``/``bf16_last_blocks``, ``scale_rule`` (MX), ``allow_biased_sr`` (SR with
+    the floor MX scale rule, refused without it: see ``build_recipe``), ``double_quant``,
     ``q_ema_decay``/``q_ema_warmup`` (Q-EMA), ``q_ramping`` and ``ramping_*`` (Q-Ramping),
     ``seed`` (RHT signs and SR streams), ``mx_fp8_gemm`` (GPU: MXFP4 × MXFP4 GEMMs on the FP8
     tensor cores where exact, ``fp4train.kernels.gemm.mx_fp8_matmul``).
@@ -115,6 +116,7 @@ class RecipeConfig:
     bf16_first_blocks: int | None = None
     bf16_last_blocks: int | None = None
     scale_rule: str | None = None
+    allow_biased_sr: bool | None = None
     double_quant: bool | None = None
     skip_incompatible: bool | None = None
     q_ema_decay: float | None = None
@@ -143,6 +145,7 @@ class _Defaults:
     bf16_first_blocks: int = 0
     bf16_last_blocks: int = 0
     scale_rule: str | None = None
+    allow_biased_sr: bool = False
     double_quant: bool = False
     skip_incompatible: bool = False
     q_ema_decay: float | None = None
@@ -157,7 +160,9 @@ RECIPE_DEFAULTS: dict[str, _Defaults] = {
     "fp8": _Defaults("fp8_e4m3", "fp8_e5m2"),
     # DeepSeek-V3 style: 1×128 activations/gradients, 128×128 weights.
     "fp8_block": _Defaults("fp8_block", "fp8_block", weight_2d=True),
-    "mxfp8": _Defaults("mxfp8", "mxfp8"),
+    # MXFP8 as Transformer Engine computes it: E8M0 scale 2^ceil(log2(amax/448)), rounded up as
+    # Mishra et al. (arXiv 2506.08027) recommend, so no block maximum clips; floor = OCP's rule.
+    "mxfp8": _Defaults("mxfp8", "mxfp8", scale_rule="ceil"),
     # OCP MXFP4 everywhere, round-to-nearest (the NVFP4 paper's MXFP4 baseline).
     "mxfp4": _Defaults("mxfp4", "mxfp4", scale_rule="floor"),
     # arXiv 2509.25149 §4: 2D 16×16 weights, SR on gradients, 16-point RHT on Wgrad inputs,
@@ -182,6 +187,22 @@ def _spec(fmt: str, *, block=None, rounding="rn", rht=None, scale_rule=None, see
     if fmt == "bf16":
         return BF16
     return QuantSpec(fmt, block=block, rounding=rounding, rht=rht, scale_rule=scale_rule, seed=seed, pad=pad)
+
+
+def _check_sr_scale_rule(name: str, specs: dict[str, QuantSpec], allowed: bool) -> None:
+    """Refuse stochastic rounding of an MX operand under the floor (OCP) scale rule, unless
+    ``allowed``. SR is unbiased only for values within the format's range: under the floor rule
+    a block's amax can reach nearly ``2·max·X`` (MXFP4: 8·X) and clips to ``max·X`` in every draw
+    (the mean of SR draws of 7.9 in an MXFP4 block of scale 1 is 6). The ceil rule never clips,
+    which is why TetraJet (§3.2) pairs it with SR."""
+    biased = [o for o, s in specs.items() if s.rounding == "sr" and s.format.scale == "e8m0" and s.mx_rule == "floor"]
+    if biased and not allowed:
+        raise ValueError(
+            f"recipe {name!r} rounds {', '.join(biased)} stochastically with the floor (OCP) MX scale rule, "
+            "which is biased where a block maximum clips (the mean of SR draws of 7.9 in an MXFP4 block of "
+            "scale 1 is 6). Set quant.scale_rule=ceil (never clips; TetraJet §3.2) or quant.sr=false; to "
+            "study the biased combination on purpose (e.g. TetraJet's ablation), set quant.allow_biased_sr=true"
+        )
 
 
 def build_recipe(cfg: RecipeConfig | str) -> Recipe:
@@ -220,18 +241,22 @@ def build_recipe(cfg: RecipeConfig | str) -> Recipe:
     def spec(operand: str, fmt: str, **kw) -> QuantSpec:
         return _spec(fmt, rounding="sr" if operand in sr_operands else "rn", **kw)
 
+    specs = {
+        "x_fprop": spec("x_fprop", d.fwd_fmt, **common),
+        "w_fprop": spec("w_fprop", d.fwd_fmt, block=w_block, **common),
+        "dy_dgrad": spec("dy_dgrad", d.grad_fmt, **common),
+        "w_dgrad": spec("w_dgrad", d.fwd_fmt, block=w_block, **common),
+        "dy_wgrad": spec("dy_wgrad", d.grad_fmt, **wgrad),
+        "x_wgrad": spec("x_wgrad", d.fwd_fmt, **wgrad),
+    }
+    _check_sr_scale_rule(cfg.name, specs, d.allow_biased_sr)
     ramping = None
     if d.q_ramping:
         given = {k: getattr(cfg, f"ramping_{k}") for k in ("k1", "k2", "n_max", "calib_steps", "every_n_steps")}
         ramping = QRampingConfig(**{k: v for k, v in given.items() if v is not None})
     return Recipe(
         name=cfg.name,
-        x_fprop=spec("x_fprop", d.fwd_fmt, **common),
-        w_fprop=spec("w_fprop", d.fwd_fmt, block=w_block, **common),
-        dy_dgrad=spec("dy_dgrad", d.grad_fmt, **common),
-        w_dgrad=spec("w_dgrad", d.fwd_fmt, block=w_block, **common),
-        dy_wgrad=spec("dy_wgrad", d.grad_fmt, **wgrad),
-        x_wgrad=spec("x_wgrad", d.fwd_fmt, **wgrad),
+        **specs,
         double_quant=d.double_quant,
         bf16_first_blocks=d.bf16_first_blocks,
         bf16_last_blocks=d.bf16_last_blocks,

@@ -188,3 +188,30 @@ def test_forward_only_switch_multiplies_like_a_bf16_linear_under_autocast():
         ours = layer(x)
         ref = nn.functional.linear(x, layer.weight, layer.bias)
     assert ours.dtype == torch.bfloat16 and torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("cfg", [
+    RecipeConfig(name="mxfp4", sr=True),
+    RecipeConfig(name="mxfp8", sr=True, scale_rule="floor"),
+    RecipeConfig(name="tetrajet", scale_rule="floor"),
+], ids=["mxfp4+sr", "mxfp8+sr+floor", "tetrajet+floor"])
+def test_sr_with_floor_mx_scales_is_refused_with_the_override_that_fixes_it(cfg):
+    """SR is unbiased only where nothing clips; the floor (OCP) rule clips block maxima, so the
+    combination is refused by name (issue 21, item 7) unless asked for on purpose."""
+    with pytest.raises(ValueError, match=rf"recipe '{cfg.name}' rounds dy_dgrad.*quant\.scale_rule=ceil.*quant\.allow_biased_sr=true"):
+        build_recipe(cfg)
+    biased = build_recipe(RecipeConfig(**{**cfg.__dict__, "allow_biased_sr": True}))
+    assert biased.dy_dgrad.rounding == "sr" and biased.dy_dgrad.mx_rule == "floor"
+
+
+def test_mx_recipes_with_sr_take_ceil_scales():
+    r = build_recipe(RecipeConfig(name="mxfp4", sr=True, scale_rule="ceil"))
+    assert r.dy_dgrad.rounding == r.dy_wgrad.rounding == "sr" and r.dy_dgrad.mx_rule == "ceil"
+    assert build_recipe("tetrajet").dy_dgrad.mx_rule == "ceil"
+
+
+def test_mxfp8_recipe_rounds_its_scales_up_as_transformer_engine_and_keeps_floor_as_a_switch():
+    """Issue 21, item 8: TE's MXFP8 scale is 2^ceil(log2(amax/448)) (bit-exact check in
+    tests/quant/test_block_quantizers.py); OCP's floor rule stays one override away."""
+    assert all(build_recipe("mxfp8").spec(o).mx_rule == "ceil" for o in OPERANDS)
+    assert all(build_recipe(RecipeConfig(name="mxfp8", scale_rule="floor")).spec(o).mx_rule == "floor" for o in OPERANDS)

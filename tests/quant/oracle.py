@@ -87,3 +87,23 @@ def fake_quantize(x: np.ndarray, fmt: str, block=None, rule: str = "floor") -> n
         enc = np.minimum(F32(1) / (sb * s_dec), FLT_MAX).astype(F32)
         q = cast(x * spread(enc, block, x.shape), "e2m1")
         return (q * spread(sb, block, x.shape)) * s_dec
+
+
+def te_mxfp8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Transformer Engine's MXFP8 (E4M3) cast of float32 ``x`` (M, K), 1×32 blocks: ``(values,
+    E8M0 codes)``. TE (``common/util/ptx.cuh`` / ``utils.cuh``): code = ``float_to_e8m0(amax *
+    fp32(1/448))``, the FP32 product rounded *up* to a power of two (``cvt.rp.satfinite.ue8m0x2``
+    on sm_100, the same rule in integer code elsewhere); elements ``e4m3_satfinite(x *
+    exp2f_rcp(code))`` with ``exp2f_rcp(0) = 1``; value ``element · 2^(code − 127)``. Finite
+    input only (TE saturates an Inf amax to code 0xFE)."""
+    m, k = x.shape
+    amax = block_amax(x, (1, 32))
+    with np.errstate(over="ignore"):
+        val = (amax * (F32(1) / F32(448))).astype(F32)
+    bits = val.view(np.uint32)
+    exp, man = (bits >> 23).astype(np.int64) & 0xFF, bits & 0x7FFFFF
+    codes = exp + ((man > 0) & (exp != 0xFE) & ~((exp == 0) & (man <= 0x400000)))
+    rcp = np.where(codes == 0, 1.0, np.ldexp(1.0, (127 - codes).astype(np.int32)))
+    elements = cast((x * spread(rcp, (1, 32), x.shape)).astype(F32), "e4m3")
+    values = elements * spread(np.ldexp(1.0, (codes - 127).astype(np.int32)), (1, 32), x.shape)
+    return values.astype(F32), codes.astype(np.uint8)

@@ -228,3 +228,48 @@ def test_transpose_refuses_specs_whose_transpose_is_not_exact(spec):
         return
     with pytest.raises(ValueError, match="square blocks"):
         transpose(quantize(torch.randn(32, 32), spec))
+
+
+def boundary_blocks() -> np.ndarray:
+    """MXFP8 blocks whose amax sits on and beside ``448 · 2^k`` (where the ceil rule moves up a
+    binade), over the whole exponent range, plus random and heavy-tailed rows."""
+    g = np.random.default_rng(7)
+    ks = np.arange(-118, 119, 3)
+    centre = (np.float32(448) * np.ldexp(np.float32(1), ks)).astype(np.float32)
+    amaxes = np.concatenate([np.nextafter(centre, np.float32(0)), centre, np.nextafter(centre, np.float32(np.inf))])
+    rows = g.standard_normal((amaxes.size, 32)).astype(np.float32)
+    rows = rows / np.abs(rows).max(1, keepdims=True) * amaxes[:, None]
+    rows[:, 0] = amaxes  # exactly the amax
+    return np.concatenate([rows.astype(np.float32), INPUTS["heavy"].reshape(-1, 32), INPUTS["adversarial"].reshape(-1, 32)])
+
+
+def test_mxfp8_recipe_is_transformer_engines_mxfp8_bit_for_bit():
+    """The ``mxfp8`` recipe's operands (ceil rule by default) equal Transformer Engine's MXFP8 cast
+    (``oracle.te_mxfp8``: TE's multiply-then-round-up scale, ml_dtypes' E4M3 cast) in codes,
+    scales and values, on blocks whose amax is on and beside every binade boundary ``448 · 2^k``
+    (issue 21, item 8). TE differs only where the scale reaches E8M0's least value (below)."""
+    from fp4train.recipes import build_recipe
+
+    spec = build_recipe("mxfp8").x_fprop
+    assert spec.mx_rule == "ceil"
+    x = boundary_blocks()
+    ours = quantize(torch.from_numpy(x), spec)
+    values, codes = oracle.te_mxfp8(x)
+    assert np.array_equal(ours.scales.numpy().ravel(), codes.ravel())
+    assert np.array_equal(bit_patterns(dequantize(ours)), bit_patterns(torch.from_numpy(values)))
+
+
+def test_mxfp8_departs_from_transformer_engine_only_at_the_least_scale():
+    """Pinned: TE stores code 0 (2^-127) for amax ≤ 448·2^-127 but then multiplies the elements by
+    1, not 2^127 (``exp2f_rcp(0) = 1``), so such a block flushes to zero where we keep it; and
+    one FP32 amax, 2.6331075e-36, rounds to 448·2^-127 in TE's product and gets code 0 where the
+    exact rule gives 1. Every other finite amax gets the same code (checked for every normal
+    FP32 amax while writing this; a subnormal amax gets code 0 in both)."""
+    spec = QuantSpec("mxfp8", scale_rule="ceil")
+    tiny = np.full((1, 32), np.float32(1e-37), np.float32)
+    ours = quantize(torch.from_numpy(tiny), spec)
+    te_values, te_codes = oracle.te_mxfp8(tiny)
+    assert ours.scales.item() == te_codes.item() == 0
+    assert (te_values == 0).all() and (dequantize(ours).numpy() != 0).all()
+    edge = np.full((1, 32), np.float32(2.6331075e-36), np.float32)
+    assert quantize(torch.from_numpy(edge), spec).scales.item() == 1 and oracle.te_mxfp8(edge)[1].item() == 0

@@ -102,3 +102,20 @@ def test_explicit_random_bits_drive_sr():
     q = quantize(x, spec, rand_bits=zeros).element_values()
     scaled = x * (1 / quantize(x, spec).scale_values()).repeat_interleave(32, 1)
     assert (q.abs() <= scaled.abs().clamp(max=6) + 1e-6).all()
+
+
+def test_sr_with_floor_mx_scales_is_biased_where_block_maxima_clip_and_ceil_is_not():
+    """Why ``build_recipe`` refuses SR with the floor rule (issue 21, item 7): a block of 0.1s with
+    one 7.9 gets scale 1 under floor, where 7.9 clips to 6 in every draw (mean error −1.9); under
+    ceil (scale 2) SR rounds 3.95 to 3 or 4 and the mean of 20,000 draws is 7.9 within 5 standard
+    errors (TetraJet §3.2)."""
+    draws = 20_000
+    x = torch.full((draws, 32), 0.1)
+    x[:, 0] = 7.9
+    g = torch.Generator().manual_seed(5)
+    floor = fake_quantize(x, QuantSpec("mxfp4", rounding="sr"), generator=g)[:, 0].double()
+    ceil = fake_quantize(x, QuantSpec("mxfp4", rounding="sr", scale_rule="ceil"), generator=g)[:, 0].double()
+    target = torch.tensor(7.9, dtype=torch.float32).double()
+    assert (floor == 6).all() and floor.mean() - target == pytest.approx(-1.9, abs=1e-6)
+    sem = 2.0 / (2 * draws**0.5)  # grid step 2 (3·2 or 4·2): standard error at most step/2/√n
+    assert abs(ceil.mean() - target) < 5 * sem and set(ceil.unique().tolist()) == {6.0, 8.0}
