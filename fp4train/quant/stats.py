@@ -3,8 +3,15 @@
 * ``clipped``: fraction of elements that saturated — their decoded element is the format's
   max and their magnitude exceeds the decoded value (e.g. OCP-rule MXFP4 block maxima).
 * ``flushed``: fraction of non-zero elements that decode to zero (underflow).
+* ``block_flushed``: fraction of blocks holding a non-zero element that decode to all zeros.
+  For NVFP4 these are the blocks whose amax is at most ``2^-10 / 448`` (about 2.2e-6) of the
+  tensor's amax: the E4M3 block scale ``amax_b / amax_t · 448`` rounds to zero (E4M3's least
+  subnormal is ``2^-9``), a loss the per-tensor scale imposes that hits gradients hardest.
 * ``qsnr_db``: quantization signal-to-noise ratio ``10·log10(‖x‖² / ‖x − Q(x)‖²)``; measured in
   the RHT domain when the spec has one (the values the GEMM multiplies).
+
+A spec with stochastic rounding is measured on one draw from a generator seeded with
+``spec.seed`` (the global generator, and so training, is left alone).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import math
 import torch
 
 from .api import quantize
+from .blocks import block_amax
 from .hadamard import apply_rht
 from .spec import QuantSpec
 
@@ -22,10 +30,10 @@ __all__ = ["quant_stats"]
 
 @torch.no_grad()
 def quant_stats(x: torch.Tensor, spec: QuantSpec) -> dict[str, float]:
-    """``{"clipped", "flushed", "qsnr_db"}`` of ``fake_quantize(x, spec)`` (see module doc)."""
+    """``{"clipped", "flushed", "block_flushed", "qsnr_db"}`` of ``fake_quantize(x, spec)`` (see
+    module doc)."""
     if spec.is_identity:
-        return {"clipped": 0.0, "flushed": 0.0, "qsnr_db": math.inf}
-    # SR specs: one draw from a generator of their own (the global RNG, and so training, untouched)
+        return {"clipped": 0.0, "flushed": 0.0, "block_flushed": 0.0, "qsnr_db": math.inf}
     qt = quantize(x, spec, generator=torch.Generator(device=x.device).manual_seed(spec.seed))
     y = qt.padded_values()
     rows, cols = qt.padded
@@ -37,10 +45,13 @@ def quant_stats(x: torch.Tensor, spec: QuantSpec) -> dict[str, float]:
     clipped = (at_max & (ref.abs() > y.abs())).double().sum().item() / x.numel()
     nonzero = ref != 0
     flushed = ((y == 0) & nonzero).double().sum().item() / max(nonzero.sum().item(), 1)
+    nonzero_blocks = block_amax(ref, spec.block_shape) > 0
+    zero_blocks = block_amax(y, spec.block_shape) == 0
+    block_flushed = (nonzero_blocks & zero_blocks).double().sum().item() / max(nonzero_blocks.sum().item(), 1)
     err = (ref - y).double().pow(2).sum().item()
     signal = ref.double().pow(2).sum().item()
     if err == 0:
         qsnr = math.inf
     else:
         qsnr = 10 * math.log10(signal / err) if signal > 0 else -math.inf
-    return {"clipped": clipped, "flushed": flushed, "qsnr_db": qsnr}
+    return {"clipped": clipped, "flushed": flushed, "block_flushed": block_flushed, "qsnr_db": qsnr}

@@ -38,3 +38,17 @@ def test_stats_of_an_sr_spec_leave_the_global_generator_alone():
     first = quant_stats(x, spec)
     assert torch.equal(torch.get_rng_state(), state)
     assert quant_stats(x, spec) == first
+
+
+def test_block_flushed_counts_nvfp4_blocks_below_the_tensor_scales_reach():
+    """NVFP4's E4M3 block scale is ``amax_b / amax_t · 448``: at most 2^-10 it rounds to zero and the
+    whole block decodes to zero (issue 21, item 15). Blocks at 1e-6 of the tensor amax flush,
+    blocks at 3e-6 survive; the elementwise ``flushed`` counts their elements too."""
+    x = torch.rand(4, 64) + 0.5  # 16 blocks of 16
+    x[0, 0] = 1.5  # tensor amax
+    x[1, :16], x[1, 16:32] = 1e-6 * 1.5, 1e-6 * 1.4  # two blocks below 2^-10/448 ≈ 2.18e-6 of amax
+    x[1, 32:48] = 3e-6 * 1.5  # above it: keeps a scale of 2^-9
+    s = quant_stats(x, QuantSpec("nvfp4"))
+    assert s["block_flushed"] == 2 / 16
+    assert s["flushed"] == 32 / 64 / 4
+    assert quant_stats(x, QuantSpec("mxfp4"))["block_flushed"] == 0  # per-block power-of-two scales reach them
