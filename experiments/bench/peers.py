@@ -17,7 +17,7 @@ same formats, so their agreement is measured, not assumed:
   torchao computes the block scale as ``(amax_b / 6) / (amax / 2688)`` and clamps it at E4M3's
   smallest normal (2^-6), and the element as ``x · ((1 / (amax / 2688)) / s_b)``; we follow
   Transformer Engine, ``amax_b · (s_enc · fp32(1/6))`` with ``s_enc = 2688 / amax``, E4M3's
-  subnormal scales kept (NUMERICS.md). So ties and near-ties round differently, of block scales
+  subnormal scales kept (``docs/numerics.md``, NVFP4). So ties and near-ties round differently, of block scales
   and of elements (a product landing on a tie of the E2M1 grid in one order and beside it in the
   other), and blocks more than ~2^15 below the tensor's amax get different scales.
 """

@@ -273,3 +273,17 @@ def test_mxfp8_departs_from_transformer_engine_only_at_the_least_scale():
     assert (te_values == 0).all() and (dequantize(ours).numpy() != 0).all()
     edge = np.full((1, 32), np.float32(2.6331075e-36), np.float32)
     assert quantize(torch.from_numpy(edge), spec).scales.item() == 1 and oracle.te_mxfp8(edge)[1].item() == 0
+
+
+@pytest.mark.parametrize("fmt,threshold", [("mxfp4", 3.5), ("mxfp8", 3.875)])
+def test_ceil_rule_decodes_finite_values_from_its_threshold_up_to_infinity(fmt, threshold):
+    """Documented in docs/numerics.md: the ceil rule's largest scale for finite input is 2^126
+    (MXFP4) / 2^120 (MXFP8); an element rounding to 4 / 256 there decodes to 2^128 = ∞. Below
+    the threshold values stay finite; the floor rule clips instead of overflowing."""
+    edge = np.float32(threshold * 2.0**126)
+    below = np.nextafter(edge, np.float32(0))
+    x = torch.from_numpy(np.array([[edge, -edge, below, -below] * 8], np.float32))
+    y = fake_quantize(x, QuantSpec(fmt, scale_rule="ceil"))[0, :4]
+    assert torch.isinf(y[:2]).all() and (y[:2] * torch.tensor([1, -1]) > 0).all() and torch.isfinite(y[2:]).all()
+    top = torch.full((1, 32), torch.finfo(torch.float32).max)
+    assert torch.isfinite(fake_quantize(top, QuantSpec(fmt, scale_rule="floor"))).all()
