@@ -2,7 +2,7 @@
 and which layers stay in BF16.
 
 A linear layer ``y = x Wᵀ`` runs three GEMMs, each quantizing both inputs along its own
-reduction dimension (NVIDIA's table, arXiv 2509.25149 §4; ``docs/numerics.md``):
+reduction dimension (as Transformer Engine does; arXiv 2509.25149 §4):
 
 =======  ==============  ====================  =====================
 GEMM     computes        operand 1 (reduce)    operand 2 (reduce)
