@@ -61,7 +61,7 @@ __all__ = [
     "TrainerConfig", "build_converted_model", "check_config", "effective_quant_config", "main", "train",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("fp4train.train")  # not __main__ under `python -m`
 TEXT_DATA = ("stdlib_text", "token_file")
 RUN_INFO = "run_info.json"
 # absolute, so that `python -m fp4train.train`, the `fp4train` script and an import all find it
