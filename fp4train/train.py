@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -417,7 +419,11 @@ def train(cfg: TrainConfig, overrides: list[str] | None = None) -> TrainResult:
     log.info("Training %s %s on %s under recipe %s for %d steps (from step %d); output: %s", cfg.model.name,
              cfg.model.size, cfg.data.name, cfg.quant.name, cfg.trainer.max_steps, resume_step, out)
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=resume)
+        with warnings.catch_warnings():
+            if resume:  # resuming into the run's own folder: its checkpoints are expected there
+                warnings.filterwarnings("ignore", message=re.escape(
+                    f"Checkpoint directory {os.path.realpath(out / 'checkpoints')} exists and is not empty"))
+            trainer.fit(module, datamodule=data, ckpt_path=resume)
     except SIGTERMException:
         last = trainer.checkpoint_callback.last_finite
         log.error("SIGTERM: stopped at step %d; %s", trainer.global_step,

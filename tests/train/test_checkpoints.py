@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import pytest
 import torch
@@ -39,7 +40,10 @@ def test_resume_into_the_runs_own_directory_continues_its_log_and_last_checkpoin
     run_main(*common, "checkpoint.every_n_steps=3")
     before = {key: read_metrics(tmp_path, key) for key in ("train/loss", "val/loss", "train/lr")}
     ckpt = tmp_path / "checkpoints" / "step_3.ckpt"
-    run_main(*common, f"checkpoint.resume={ckpt}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_main(*common, f"checkpoint.resume={ckpt}")
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]  # expected when resuming there
     with open(tmp_path / "csv" / "metrics.csv") as f:
         train_rows = [int(r["step"]) for r in csv.DictReader(f) if r["train/loss"]]
     assert train_rows == [0, 1, 2, 3, 4, 5]  # before: [3, 4, 5] (the file was overwritten)
