@@ -4,22 +4,30 @@
   clipped/flushed fractions and QSNR (``fp4train.quant.stats.quant_stats``) of its weight, its
   last input and its last output gradient, each under the spec of the GEMM operand it becomes.
   Input and gradient are captured by hooks registered only for those steps.
+* ``FiniteCheckpoint``: Lightning's ``ModelCheckpoint`` that refuses to write a checkpoint
+  holding a non-finite weight, buffer or optimizer-state tensor, stops the run instead, and
+  keeps the path of the last checkpoint it wrote (``last_finite``) for the messages that name it.
 * ``build_callbacks``: extra callbacks from ``{"_target_": "pkg.mod.Class", **kwargs}`` dicts
   (``TrainConfig.callbacks``), e.g. an oscillation tracker, so they plug in by config.
 """
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from fp4train.linear import QuantLinear
 from fp4train.optim import resolve_target
 from fp4train.quant.stats import quant_stats
 
-__all__ = ["QuantStatsLogger", "build_callbacks"]
+__all__ = ["FiniteCheckpoint", "QuantStatsLogger", "build_callbacks", "first_non_finite"]
+
+log = logging.getLogger(__name__)
 
 
 class QuantStatsLogger(L.Callback):
@@ -88,6 +96,74 @@ class QuantStatsLogger(L.Callback):
         self._captured = {}
         for logger in trainer.loggers:  # directly: Lightning would repeat hook-logged values next step
             logger.log_metrics(metrics, step=self._step)
+
+
+def first_non_finite(module: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> str | None:
+    """The name of the first floating-point tensor of ``module``'s state dict or of the
+    optimizers' state that holds a NaN or an infinity, or ``None`` if all are finite (one
+    device-to-host transfer when they are)."""
+    named = [(name, t) for name, t in module.state_dict().items() if torch.is_tensor(t)]
+    param_names = {id(p): name for name, p in module.named_parameters()}
+    for opt in optimizers:
+        for p, state in opt.state.items():
+            named += [(f"optimizer state {k!r} of {param_names.get(id(p), 'a parameter')}", t)
+                      for k, t in state.items() if torch.is_tensor(t)]
+    named = [(name, t) for name, t in named if t.is_floating_point() or t.is_complex()]
+    if not named:
+        return None
+    device = named[0][1].device
+    finite = torch.stack([torch.isfinite(t).all().to(device) for _, t in named])
+    if bool(finite.all()):
+        return None
+    return named[int((~finite).nonzero()[0, 0])][0]
+
+
+class FiniteCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that writes only finite checkpoints.
+
+    Before each write (periodic, ``last.ckpt``, on SIGTERM or an exception) the module's weights
+    and buffers and the optimizers' state are checked; if one is not finite the file is not
+    written, the reason is logged and the module's ``stop(reason)`` ends the run (it names
+    ``last_finite``). ``last_finite`` starts as the checkpoint the run resumed from.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.last_finite: str | None = None
+        self._finite_step: int | None = None
+        self._refused_step: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's own key, so that checkpoints written before this class resume alike
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.last_finite = trainer.ckpt_path
+        self._publish(pl_module)
+
+    def _publish(self, pl_module: L.LightningModule) -> None:
+        pl_module.last_finite_checkpoint = self.last_finite
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        pl_module = trainer.lightning_module
+        bad = first_non_finite(pl_module, trainer.optimizers)
+        if bad is None:
+            super()._save_checkpoint(trainer, filepath)
+            # name the step's own file (step_<k>.ckpt) rather than last.ckpt, which later writes replace
+            if Path(filepath).stem != self.CHECKPOINT_NAME_LAST or self._finite_step != trainer.global_step:
+                self.last_finite, self._finite_step = filepath, trainer.global_step
+                self._publish(pl_module)
+            return
+        if self._refused_step == trainer.global_step:
+            return  # said already (a periodic and the last checkpoint of the same step)
+        self._refused_step = trainer.global_step
+        reason = f"{bad} is not finite after step {trainer.global_step}: checkpoint {filepath} not written"
+        stop = getattr(pl_module, "stop", None)
+        if callable(stop):
+            stop(reason)
+        elif trainer.is_global_zero:
+            log.error("%s; last finite checkpoint: %s", reason, self.last_finite or "none")
 
 
 def build_callbacks(specs: list[dict[str, Any]]) -> list[L.Callback]:

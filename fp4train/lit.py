@@ -8,10 +8,12 @@ uninterrupted run.
 
 Shared by both modules (``TrainModule``): AdamW + LR schedule from ``fp4train.optim``, the
 precision schedule applied before every step, throughput and LR logging, the global RNG state
-in checkpoints, a stop on a non-finite loss (the step is skipped, so the weights and the
-last checkpoint stay finite; the message names the step and the last checkpoint), and with
-``cuda_graph`` the training forward and backward replayed from CUDA graphs (``fp4train.graphs``;
-captured again when the input shape or a module's ``graph_key`` changes).
+and the run's identity (``run_identity``: recipe, model) in checkpoints, a validation after the
+last step, a stop on a non-finite loss (the step is skipped; the message names the step and the
+last finite checkpoint, which ``fp4train.callbacks.FiniteCheckpoint`` keeps in
+``last_finite_checkpoint``), and with ``cuda_graph`` the training forward and backward replayed
+from CUDA graphs (``fp4train.graphs``; captured again when the input shape or a module's
+``graph_key`` changes).
 """
 
 from __future__ import annotations
@@ -35,10 +37,14 @@ from fp4train.graphs import TrainingGraph, capture_training_graph, check_one_pro
 from fp4train.optim import OptimConfig, build_optimizer, build_scheduler
 from fp4train.schedule import PrecisionSchedule
 
-__all__ = ["DIVERGED_FILE", "ImageClassifierModule", "LanguageModelModule", "MODULES", "StepDataModule", "StepSampler", "TrainModule"]
+__all__ = [
+    "DIVERGED_FILE", "IDENTITY_KEY", "ImageClassifierModule", "LanguageModelModule", "MODULES", "StepDataModule",
+    "StepSampler", "TrainModule",
+]
 
 log = logging.getLogger(__name__)
-DIVERGED_FILE = "DIVERGED"  # written into the run directory when a non-finite loss stops the run
+DIVERGED_FILE = "DIVERGED"  # written into the run directory when a non-finite loss or state stops the run
+IDENTITY_KEY = "fp4train"  # checkpoint entry holding ``TrainModule.run_identity``
 
 
 class StepSampler(Sampler[int]):
@@ -124,6 +130,8 @@ class TrainModule(L.LightningModule):
         self._items = 0
         self._step_lr = 0.0
         self.diverged: str | None = None
+        self.run_identity: dict[str, str] = {}  # stored in checkpoints (``IDENTITY_KEY``)
+        self.last_finite_checkpoint: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``model(x)``; in training with ``cuda_graph``, replayed from the graph captured for
@@ -185,6 +193,10 @@ class TrainModule(L.LightningModule):
         self._step_start = None
         self.log(f"train/{self.item_name}_per_s", self._items * self.trainer.world_size / seconds)
         self.log("train/lr", self._step_lr)
+        if self.global_step >= self.trainer.max_steps:
+            # Lightning validates when a stop is requested (TrainingEpochLoop._should_check_val_fx),
+            # so a run whose last step is not a multiple of val_every_n_steps ends with a validation
+            self.trainer.should_stop = True
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         loss, metrics, _ = self.compute_loss(batch)
@@ -192,6 +204,7 @@ class TrainModule(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[IDENTITY_KEY] = dict(self.run_identity)
         # tensors and plain tuples only, so that Lightning's weights_only loading accepts them
         name, keys, pos, has_gauss, gauss = np.random.get_state()
         checkpoint["rng_state"] = {
@@ -209,14 +222,16 @@ class TrainModule(L.LightningModule):
             random.setstate(rng["python"])
 
     def _stop(self, loss: torch.Tensor) -> None:
-        cb = self.trainer.checkpoint_callback
-        last = (cb.best_model_path or cb.last_model_path) if cb is not None else ""
         value = loss.item() if not math.isfinite(loss.item()) else "non-finite on another rank"
-        self.diverged = (
-            f"non-finite training loss ({value}) at step {self.global_step}: stopping; the step was skipped. "
-            f"Last checkpoint: {last or 'none saved yet'}"
-        )
+        self.stop(f"non-finite training loss ({value}) at step {self.global_step}: stopping; the step was skipped")
+
+    def stop(self, reason: str) -> None:
+        """End the run as diverged: ``reason`` and the last finite checkpoint go to the log and to
+        ``DIVERGED`` in the run directory. The first reason of a run is the one kept."""
         self.trainer.should_stop = True
+        if self.diverged:
+            return
+        self.diverged = f"{reason}. Last finite checkpoint: {self.last_finite_checkpoint or 'none saved yet'}"
         self._report_divergence()
 
     @rank_zero_only

@@ -55,6 +55,9 @@ class Recipe:
     from the *dequantized forward* operands instead of the full-precision tensors.
     ``q_ema_decay``: TetraJet's Q-EMA weight quantizer (after ``q_ema_warmup`` EMA updates);
     ``q_ramping``: TetraJet's Q-Ramping optimizer (see ``fp4train.tetrajet``).
+    ``bf16_first_blocks``/``bf16_last_blocks``: blocks whose linears stay BF16; ``bf16_*_of``: the
+    model depth such a count was chosen for (a recipe default: ``convert`` scales it to the
+    model's depth), ``None`` for a count set by the user (taken as is).
     ``skip_incompatible``: a layer whose features do not fit the blocks stays BF16 instead of
     raising. ``include``/``exclude``: regular expressions on module names (``re.search``).
     """
@@ -69,6 +72,8 @@ class Recipe:
     double_quant: bool = False
     bf16_first_blocks: int = 0
     bf16_last_blocks: int = 0
+    bf16_first_of: int | None = None
+    bf16_last_of: int | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     skip_incompatible: bool = False
@@ -100,8 +105,9 @@ class RecipeConfig:
     Switches: ``rht`` (16-point RHT on the Wgrad inputs), ``rht_size``, ``sr`` (stochastic
     rounding; ``sr_scope``: ``grad`` = dy in Dgrad and Wgrad, ``backward`` = all four backward
     operands), ``weight_2d`` (square weight tiles, so W and Wᵀ quantize alike),
-    ``bf16_first_blocks``/``bf16_last_blocks``, ``scale_rule`` (MX), ``allow_biased_sr`` (SR with
-    the floor MX scale rule, refused without it: see ``build_recipe``), ``double_quant``,
+    ``bf16_first_blocks``/``bf16_last_blocks`` (exact counts; unset, the recipe's defaults are
+    scaled to the model's depth by ``fp4train.convert``), ``scale_rule`` (MX), ``allow_biased_sr``
+    (SR with the floor MX scale rule, refused without it: see ``build_recipe``), ``double_quant``,
     ``q_ema_decay``/``q_ema_warmup`` (Q-EMA), ``q_ramping`` and ``ramping_*`` (Q-Ramping),
     ``seed`` (RHT signs and SR streams), ``mx_fp8_gemm`` (GPU: MXFP4 × MXFP4 GEMMs on the FP8
     tensor cores where exact, ``fp4train.kernels.gemm.mx_fp8_matmul``).
@@ -144,6 +150,7 @@ class _Defaults:
     weight_2d: bool = False
     bf16_first_blocks: int = 0
     bf16_last_blocks: int = 0
+    bf16_reference_depth: int | None = None  # the depth the two counts were chosen for
     scale_rule: str | None = None
     allow_biased_sr: bool = False
     double_quant: bool = False
@@ -166,9 +173,11 @@ RECIPE_DEFAULTS: dict[str, _Defaults] = {
     # OCP MXFP4 everywhere, round-to-nearest (the NVFP4 paper's MXFP4 baseline).
     "mxfp4": _Defaults("mxfp4", "mxfp4", scale_rule="floor"),
     # arXiv 2509.25149 §4: 2D 16×16 weights, SR on gradients, 16-point RHT on Wgrad inputs,
-    # linear layers of the first 2 and last 8 blocks in BF16 (of 62).
+    # linear layers of the first 2 and last 8 of the 62 blocks in BF16 (scaled to the model's depth
+    # by ``convert``: 1 and 1 of 9 blocks).
     "nvfp4": _Defaults(
-        "nvfp4", "nvfp4", rht=True, rht_size=16, sr=True, weight_2d=True, bf16_first_blocks=2, bf16_last_blocks=8
+        "nvfp4", "nvfp4", rht=True, rht_size=16, sr=True, weight_2d=True, bf16_first_blocks=2, bf16_last_blocks=8,
+        bf16_reference_depth=62,
     ),
     # TetraJet (arXiv 2502.20853 §3): MXFP4 for all six operands, truncation-free ("ceil") scales,
     # SR on the four backward quantizers Q3–Q6, double quantization; + Q-EMA (§5) / Q-Ramping (§6).
@@ -260,6 +269,8 @@ def build_recipe(cfg: RecipeConfig | str) -> Recipe:
         double_quant=d.double_quant,
         bf16_first_blocks=d.bf16_first_blocks,
         bf16_last_blocks=d.bf16_last_blocks,
+        bf16_first_of=d.bf16_reference_depth if cfg.bf16_first_blocks is None else None,
+        bf16_last_of=d.bf16_reference_depth if cfg.bf16_last_blocks is None else None,
         include=tuple(cfg.include),
         exclude=tuple(cfg.exclude),
         skip_incompatible=d.skip_incompatible,

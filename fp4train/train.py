@@ -6,9 +6,15 @@ overrides such as ``quant.rht=false``), ``optim``, ``trainer``, ``logger``, ``la
 recipes (``recipes/``) are picked with ``recipe=NAME``. ``-m quant=bf16,fp8,nvfp4`` runs a
 comparison as a Hydra multirun and ends with its report (``fp4train.compare``).
 
-A run directory holds ``.hydra/`` (composed config and overrides), ``run_info.json`` (study,
-recipe, overrides), ``conversion.md``, ``csv/metrics.csv`` (always), ``wandb/`` (offline unless
-``logger.offline=false``) and ``checkpoints/``.
+A run directory holds ``.hydra/`` (composed config and overrides), ``train.log`` (the run's log),
+``run_info.json`` (study, recipe, overrides), ``conversion.md``, ``csv/metrics.csv`` (always;
+a run resumed into its own directory continues it), ``wandb/`` (offline unless
+``logger.offline=false``) and ``checkpoints/`` (finite ones only). A run ends with a summary:
+steps, tokens or images, final losses, status and folder.
+
+Bad input the user can fix (a path, a config value, a checkpoint of another run) raises
+``fp4train.errors.ConfigError``; ``main`` prints its message alone and exits with status 2
+(``HYDRA_FULL_ERROR=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
@@ -16,8 +22,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
-from dataclasses import asdict, dataclass, field
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,28 +37,33 @@ import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import Dataset
 
-from fp4train.callbacks import QuantStatsLogger, build_callbacks
+from fp4train.callbacks import FiniteCheckpoint, QuantStatsLogger, build_callbacks
 from fp4train.tetrajet_callbacks import QRampingCalibration
-from fp4train.convert import convert
+from fp4train.convert import ConversionReport, convert
 from fp4train.data import build_datasets
+from fp4train.errors import ConfigError
 from fp4train.graphs import check_one_process
-from fp4train.lit import DIVERGED_FILE, MODULES, StepDataModule
+from fp4train.lit import DIVERGED_FILE, IDENTITY_KEY, MODULES, StepDataModule, TrainModule
+from fp4train.loggers import ResumableCSVLogger
+from fp4train.logs import quiet_library_noise, route_lightning_logs, use_stdout_if_unconfigured
 from fp4train.models import REGISTRY, build_model
 from fp4train.optim import OptimConfig
-from fp4train.recipes import RecipeConfig
+from fp4train.recipes import OPERANDS, SR_SCOPES, RecipeConfig, build_recipe
 from fp4train.schedule import PrecisionSchedule
 
 __all__ = [
     "CheckpointConfig", "DataConfig", "LoggerConfig", "ModelConfig", "TrainConfig", "TrainResult",
-    "TrainerConfig", "main", "train",
+    "TrainerConfig", "build_converted_model", "check_config", "effective_quant_config", "main", "train",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("fp4train.train")  # not __main__ under `python -m`
 TEXT_DATA = ("stdlib_text", "token_file")
 RUN_INFO = "run_info.json"
 # absolute, so that `python -m fp4train.train`, the `fp4train` script and an import all find it
@@ -116,8 +131,9 @@ class LoggerConfig:
 @dataclass
 class CheckpointConfig:
     """Checkpoints in ``<run>/checkpoints``: every ``every_n_steps`` steps (0: none periodic),
-    ``last.ckpt`` at the end, and one on SIGTERM or any other exception. ``resume``: a
-    checkpoint path to continue from."""
+    ``last.ckpt`` at the end, and one on SIGTERM or any other exception; never one holding a
+    non-finite tensor. ``resume``: a checkpoint path to continue from (checked first: readable,
+    same recipe and model, before ``max_steps``)."""
 
     every_n_steps: int = 0
     save_last: bool = True
@@ -144,60 +160,196 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a run left: its directory, last logged metrics, status (``finished``/``diverged``)."""
+    """What a run left: its directory, last logged metrics, status (``finished``/``diverged``),
+    the optimizer steps taken and the tokens or images (``item_name``) they consumed."""
 
     out_dir: str
     status: str
     metrics: dict[str, float]
     message: str = ""
+    steps: int = 0
+    items: int = 0
+    item_name: str = "samples"
+
+    def summary(self) -> str:
+        """A few lines for the end of the console and ``train.log``."""
+        losses = ", ".join(f"{k} {self.metrics[k]:.4f}" for k in ("train/loss", "val/loss", "val/acc") if k in self.metrics)
+        lines = [f"Run {self.status}: {self.steps} steps, {self.items:,} {self.item_name}; final {losses or 'losses not logged'}"]
+        if self.message:
+            lines.append(self.message)
+        lines.append(f"Output: {self.out_dir}")
+        return "\n".join(lines)
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
-def _check_pairing(cfg: TrainConfig) -> None:
+def check_config(cfg: TrainConfig) -> None:
+    """The checks of ``cfg`` that need no data, model or hardware; ``ConfigError`` names the field."""
     if cfg.model.name not in MODULES:
-        raise ValueError(f"unknown model {cfg.model.name!r}; valid: {sorted(REGISTRY)}")
+        raise ConfigError(f"unknown model {cfg.model.name!r}; valid: {sorted(REGISTRY)}")
     task = MODULES[cfg.model.name].task
     data_task = "text" if cfg.data.name in TEXT_DATA else "vision"
     if task != data_task:
-        raise ValueError(
+        raise ConfigError(
             f"model {cfg.model.name!r} needs {task} data but data {cfg.data.name!r} is {data_task}; "
             f"valid {task} data: {list(TEXT_DATA) if task == 'text' else ['digits', 'npz', 'image_folder']}"
         )
-    if cfg.trainer.max_steps < 1:
-        raise ValueError(f"trainer.max_steps must be >= 1 (training is step-based), got {cfg.trainer.max_steps}")
-    if cfg.trainer.cuda_graph and not torch.cuda.is_available():
-        raise ValueError("trainer.cuda_graph=true needs a CUDA GPU; none is visible (set it false on CPU)")
+    at_least = {
+        "trainer.max_steps": (cfg.trainer.max_steps, 1), "data.batch_size": (cfg.data.batch_size, 1),
+        "trainer.accumulate_grad_batches": (cfg.trainer.accumulate_grad_batches, 1),
+        "trainer.val_every_n_steps": (cfg.trainer.val_every_n_steps, 1), "trainer.val_batches": (cfg.trainer.val_batches, 1),
+        "data.num_workers": (cfg.data.num_workers, 0), "checkpoint.every_n_steps": (cfg.checkpoint.every_n_steps, 0),
+        "logger.quant_stats_every_n_steps": (cfg.logger.quant_stats_every_n_steps, 0),
+    }
+    for name, (value, low) in at_least.items():
+        if value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
+    if cfg.data.batch_size % cfg.trainer.accumulate_grad_batches:
+        raise ConfigError(
+            f"data.batch_size {cfg.data.batch_size} (the global batch of one optimizer step) is not divisible "
+            f"by trainer.accumulate_grad_batches {cfg.trainer.accumulate_grad_batches}"
+        )
 
 
-def _loggers(cfg: TrainConfig, out: Path, overrides: list[str]) -> list[Logger]:
-    loggers: list[Logger] = [CSVLogger(save_dir=str(out), name="csv", version="")]
+@contextmanager
+def _config_errors(what: str) -> Iterator[None]:
+    """Re-raise the ``ValueError``/``OSError`` of a builder of user-named things as a
+    ``ConfigError`` prefixed with ``what`` (the builders raise those for bad input only)."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{what}: {e}") from e
+
+
+def build_converted_model(cfg: TrainConfig) -> tuple[nn.Module, ConversionReport]:
+    """``cfg``'s model, converted to its recipe (``ConfigError`` for bad model or recipe settings)."""
+    with _config_errors(f"model {cfg.model.name!r} (size {cfg.model.size!r})"):
+        model = build_model(cfg.model.name, cfg.model.size, **cfg.model.overrides)
+    with _config_errors(f"recipe {cfg.quant.name!r}"):
+        report = convert(model, cfg.quant)
+    return model, report
+
+
+def _check_geometry(cfg: TrainConfig, model: nn.Module, dataset: Dataset) -> None:
+    """An image model's input geometry and classes against the data's (before any step runs)."""
+    if MODULES[cfg.model.name].task != "vision":
+        return
+    mc = model.config
+    c, h, w = dataset.image_shape
+    if (c, h, w) == (mc.in_channels, mc.image_size, mc.image_size) and dataset.num_classes <= mc.num_classes:
+        return
+    if h != w:
+        raise ConfigError(
+            f"data {cfg.data.name!r} gives {h}×{w} images; the ViT takes square ones (image_folder: set "
+            "data.options.image_size to resize)"
+        )
+    fix = {"image_size": h, "in_channels": c, "num_classes": dataset.num_classes}
+    if h % mc.patch_size:
+        fix["patch_size"] = next(p for p in (4, 2, 1) if h % p == 0)
+    overrides = " ".join(f"++model.overrides.{k}={v}" for k, v in fix.items())
+    raise ConfigError(
+        f"data {cfg.data.name!r} gives {c}×{h}×{w} images of {dataset.num_classes} classes, but model "
+        f"{cfg.model.name!r} (size {cfg.model.size!r}) takes {mc.in_channels}×{mc.image_size}×{mc.image_size} "
+        f"images of {mc.num_classes} classes. Set the model's geometry: {overrides}"
+    )
+
+
+def _check_resume(path: str, cfg: TrainConfig, module: TrainModule) -> int:
+    """The global step of checkpoint ``path`` after checking that ``module`` can continue from
+    it: a readable Lightning checkpoint of the same recipe and model, before ``max_steps``."""
+    where = f"checkpoint.resume={path}"
+    if not Path(path).is_file():
+        raise ConfigError(f"{where}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # a user's file: any failure to read it is theirs to fix
+        raise ConfigError(f"{where} is not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or not {"state_dict", "global_step"} <= set(ckpt):
+        raise ConfigError(f"{where} is not a Lightning checkpoint (no state_dict/global_step)")
+    saved = ckpt.get(IDENTITY_KEY, {})
+    for key, value in module.run_identity.items():
+        if key in saved and saved[key] != value:
+            raise ConfigError(f"{where} was written by a run with {key} {saved[key]!r}; this run has {value!r}")
+    own = module.state_dict()
+    theirs = ckpt["state_dict"]
+    missing, unexpected = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
+    resized = sorted(k for k in set(own) & set(theirs)
+                     if torch.is_tensor(own[k]) and torch.is_tensor(theirs[k]) and own[k].shape != theirs[k].shape)
+    if missing or unexpected or resized:
+        raise ConfigError(
+            f"{where} does not fit this run's model and recipe ({cfg.model.name} {cfg.model.size}, {cfg.quant.name}): "
+            f"missing {missing[:3]}{'…' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+            f"{'…' if len(unexpected) > 3 else ''}, other shapes {resized[:3]}"
+        )
+    step = int(ckpt["global_step"])
+    if step >= cfg.trainer.max_steps:
+        raise ConfigError(
+            f"{where} is at step {step}, and this run stops at trainer.max_steps={cfg.trainer.max_steps}: nothing "
+            f"left to train (the run finished). To train on, raise trainer.max_steps above {step}"
+        )
+    return step
+
+
+def effective_quant_config(cfg: RecipeConfig, report: ConversionReport) -> dict[str, Any]:
+    """``cfg``'s fields with the value each switch has in the built recipe (``None`` in ``cfg``
+    means "the recipe's default"; here it is resolved), BF16 block counts as applied to the model.
+    Switches that do not apply (``sr_scope`` without SR, ``rht_size`` without RHT, ``scale_rule``
+    outside MX, ``ramping_*`` without Q-Ramping) stay ``None``."""
+    recipe = build_recipe(cfg)
+    specs = [recipe.spec(o) for o in OPERANDS]
+    sr = tuple(o for o in OPERANDS if recipe.spec(o).rounding == "sr")
+    rht = sorted({s.rht for s in specs if s.rht is not None})
+    mx = [s.mx_rule for s in specs if not s.is_identity and s.format.scale == "e8m0"]
+    w = recipe.w_fprop.block_shape
+    ramping = recipe.q_ramping
+    resolved = {
+        "rht": bool(rht), "rht_size": rht[0] if rht else None,
+        "sr": bool(sr), "sr_scope": next((k for k, ops in SR_SCOPES.items() if set(ops) == set(sr)), None) if sr else None,
+        "weight_2d": w is not None and w[0] > 1, "scale_rule": mx[0] if mx else None,
+        "bf16_first_blocks": report.bf16_first_blocks, "bf16_last_blocks": report.bf16_last_blocks,
+        "double_quant": recipe.double_quant, "skip_incompatible": recipe.skip_incompatible,
+        "q_ema_decay": recipe.q_ema_decay, "q_ema_warmup": recipe.q_ema_warmup,
+        "q_ramping": ramping is not None, "mx_fp8_gemm": recipe.mx_fp8_gemm,
+        **{f"ramping_{k}": getattr(ramping, k) if ramping else None for k in ("k1", "k2", "n_max", "calib_steps", "every_n_steps")},
+    }
+    given = asdict(cfg)
+    return {f.name: resolved[f.name] if f.name in resolved else given[f.name] for f in fields(cfg)}
+
+
+def _loggers(cfg: TrainConfig, out: Path, overrides: list[str], report: ConversionReport, resume_step: int) -> list[Logger]:
+    loggers: list[Logger] = [ResumableCSVLogger(str(out), resume_step)]
     if cfg.logger.wandb:
         import wandb
         from lightning.pytorch.loggers import WandbLogger
 
         if not cfg.logger.offline and not (os.environ.get("WANDB_API_KEY") or wandb.api.api_key):
-            raise RuntimeError(
+            raise ConfigError(
                 "logger.offline=false needs W&B credentials (`wandb login` or WANDB_API_KEY); "
                 "offline logging (the default) needs none"
             )
         tags = [cfg.quant.name, cfg.model.name, cfg.data.name, *overrides]
-        loggers.append(WandbLogger(
+        logger = WandbLogger(
             project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group or cfg.study,
             job_type="train", name=out.name, tags=[t[:64] for t in tags],
-            config={**asdict(cfg), "overrides": overrides},
+            config={**asdict(cfg), "quant": effective_quant_config(cfg.quant, report), "overrides": overrides},
             save_dir=str(out), offline=cfg.logger.offline, settings=wandb.Settings(quiet=True),
-        ))
+        )
+        # Lightning passes anonymous=None to wandb.init, which warns that the setting is deprecated
+        logger._wandb_init.pop("anonymous", None)
+        loggers.append(logger)
     return loggers
 
 
 def _callbacks(cfg: TrainConfig, out: Path) -> list[L.Callback]:
-    ckpt = ModelCheckpoint(
+    ckpt = FiniteCheckpoint(
         dirpath=out / "checkpoints", filename="step_{step}", auto_insert_metric_name=False,
         every_n_train_steps=cfg.checkpoint.every_n_steps or None, save_top_k=-1,
         every_n_epochs=None if cfg.checkpoint.every_n_steps else 0,
         save_last=cfg.checkpoint.save_last, save_on_exception=True,
+        enable_version_counter=False,  # a run resumed into its directory replaces last.ckpt
     )
     callbacks: list[L.Callback] = [ckpt]
     if cfg.trainer.enable_progress_bar:
@@ -224,33 +376,58 @@ def _trainer(cfg: TrainConfig, out: Path, loggers: list[Logger], callbacks: list
 
 def train(cfg: TrainConfig, overrides: list[str] | None = None) -> TrainResult:
     """Build data, model (converted to ``cfg.quant`` before the optimizer exists), module,
-    loggers and trainer; fit. ``overrides`` (the command line's) only label the run."""
-    _check_pairing(cfg)
+    loggers and trainer; fit; log the summary. ``overrides`` (the command line's) only label
+    the run. Bad input raises ``ConfigError`` before any step runs."""
+    quiet_library_noise()
+    use_stdout_if_unconfigured()
+    check_config(cfg)
+    if cfg.trainer.cuda_graph and not torch.cuda.is_available():
+        raise ConfigError("trainer.cuda_graph=true needs a CUDA GPU; none is visible (set it false on CPU)")
     overrides = list(overrides or [])
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / DIVERGED_FILE).unlink(missing_ok=True)  # a run resumed into a diverged run's directory
     if cfg.trainer.torch_threads:
         torch.set_num_threads(cfg.trainer.torch_threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    train_set, val_set = build_datasets(cfg.data.name, **cfg.data.options)
-    model = build_model(cfg.model.name, cfg.model.size, **cfg.model.overrides)
-    report = convert(model, cfg.quant)
-    print(report, flush=True)
+    with _config_errors(f"data {cfg.data.name!r}"):
+        train_set, val_set = build_datasets(cfg.data.name, **cfg.data.options)
+    model, report = build_converted_model(cfg)
+    _check_geometry(cfg, model, train_set)
+    log.info("%s", report)
     (out / "conversion.md").write_text(str(report) + "\n")
     (out / RUN_INFO).write_text(json.dumps(
         {"study": cfg.study, "group": cfg.logger.group or cfg.study, "recipe": cfg.quant.name,
          "model": cfg.model.name, "data": cfg.data.name, "overrides": overrides}, indent=1))
     module = MODULES[cfg.model.name](model, cfg.optim, cfg.precision_schedule, cfg.trainer.cuda_graph)
+    module.run_identity = {"recipe": cfg.quant.name, "model": f"{cfg.model.name} {cfg.model.size}"}
+    resume = cfg.checkpoint.resume
+    resume_step = _check_resume(resume, cfg, module) if resume else 0
     data = StepDataModule(train_set, val_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
-    loggers = _loggers(cfg, out, overrides)
-    trainer = _trainer(cfg, out, loggers, _callbacks(cfg, out))
+    loggers = _loggers(cfg, out, overrides, report, resume_step)
+    with _config_errors("callbacks"):
+        callbacks = _callbacks(cfg, out)
+    trainer = _trainer(cfg, out, loggers, callbacks)
+    split = trainer.world_size * cfg.trainer.accumulate_grad_batches
+    if cfg.data.batch_size % split:
+        raise ConfigError(
+            f"data.batch_size {cfg.data.batch_size} (global) is not divisible by {trainer.world_size} processes × "
+            f"trainer.accumulate_grad_batches {cfg.trainer.accumulate_grad_batches}"
+        )
     if cfg.trainer.cuda_graph:
         check_one_process(trainer.world_size)  # before any process is started
+    log.info("Training %s %s on %s under recipe %s for %d steps (from step %d); output: %s", cfg.model.name,
+             cfg.model.size, cfg.data.name, cfg.quant.name, cfg.trainer.max_steps, resume_step, out)
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=cfg.checkpoint.resume)
+        with warnings.catch_warnings():
+            if resume:  # resuming into the run's own folder: its checkpoints are expected there
+                warnings.filterwarnings("ignore", message=re.escape(
+                    f"Checkpoint directory {os.path.realpath(out / 'checkpoints')} exists and is not empty"))
+            trainer.fit(module, datamodule=data, ckpt_path=resume)
     except SIGTERMException:
-        print(f"SIGTERM: checkpoint saved in {out / 'checkpoints'}; resume with "
-              f"checkpoint.resume={out / 'checkpoints' / 'last.ckpt'}", file=sys.stderr, flush=True)
+        last = trainer.checkpoint_callback.last_finite
+        log.error("SIGTERM: stopped at step %d; %s", trainer.global_step,
+                  f"resume with checkpoint.resume={last}" if last else "no finite checkpoint was saved")
         raise SystemExit(143) from None
     finally:
         if cfg.logger.wandb:
@@ -259,27 +436,38 @@ def train(cfg: TrainConfig, overrides: list[str] | None = None) -> TrainResult:
             wandb.finish()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     diverged = out / DIVERGED_FILE
-    if diverged.exists():
-        return TrainResult(str(out), "diverged", metrics, diverged.read_text().strip())
-    return TrainResult(str(out), "finished", metrics)
+    status, message = ("diverged", diverged.read_text().strip()) if diverged.exists() else ("finished", "")
+    per_sample = train_set[0][1].numel()  # tokens of an LM window, 1 for an image
+    result = TrainResult(str(out), status, metrics, message, trainer.global_step,
+                         trainer.global_step * cfg.data.batch_size * per_sample, module.item_name)
+    log.info("%s", result.summary())
+    return result
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:
     """The typed ``TrainConfig`` of a composed Hydra config (validates every field)."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), plain))
+    with _config_errors("config"):
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), plain))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the final validation (else training) loss for sweepers."""
+    """Hydra entry point; returns the final validation (else training) loss for sweepers.
+    A ``ConfigError`` is printed as one line and ends the process with status 2; a single run
+    that diverged exits with status 1 (a sweep goes on to its next job)."""
+    route_lightning_logs()
     hc = HydraConfig.get()
-    result = train(to_train_config(cfg), list(hc.overrides.task))
-    if result.status == "diverged":
-        print(result.message, file=sys.stderr, flush=True)
-        if hc.mode == RunMode.RUN:
-            raise SystemExit(1)
+    try:
+        result = train(to_train_config(cfg), list(hc.overrides.task))
+    except ConfigError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("error: %s", e)
+        raise SystemExit(2) from None
+    if result.status == "diverged" and hc.mode == RunMode.RUN:
+        raise SystemExit(1)
     return result.metrics.get("val/loss", result.metrics.get("train/loss"))
 
 

@@ -137,8 +137,8 @@ def npz_datasets(cfg: NpzConfig) -> tuple[ImageDataset, ImageDataset]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable .npz ({e}); expected arrays {expected}") from None
+    except Exception as e:  # a user's file: zipfile, zlib, numpy's header parser… all mean unreadable
+        raise ValueError(f"{path} is not a readable .npz ({type(e).__name__}: {e}); expected arrays {expected}") from None
     if set(NPZ_LAYOUTS[1]) <= set(arrays):
         x_train = _images_nchw(arrays["x_train"], f"{path}:x_train")
         x_val = _images_nchw(arrays["x_val"], f"{path}:x_val")

@@ -92,6 +92,23 @@ def test_missing_or_corrupt_npz_errors_name_the_path(tmp_path):
         build_datasets("npz", path=str(tmp_path / "junk.npz"))
 
 
+@pytest.mark.parametrize("damage", ["truncate", "zero_member"])
+def test_a_damaged_npz_is_an_error_naming_the_file(tmp_path, damage):
+    # before: a truncated file raised zipfile.BadZipFile and a damaged member numpy's own error,
+    # neither naming the file
+    rng = np.random.default_rng(0)
+    np.savez_compressed(tmp_path / "ok.npz", x=rng.integers(0, 256, (200, 8, 8), dtype=np.uint8), y=np.arange(200) % 2)
+    data = bytearray((tmp_path / "ok.npz").read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        start = data.find(b"x.npy") + 100
+        data[start : start + 300] = bytes(300)
+    (tmp_path / "bad.npz").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'bad.npz'} is not a readable .npz \(\w+"):
+        build_datasets("npz", path=str(tmp_path / "bad.npz"))
+
+
 def _write_folder(root, sizes=None, n=6):
     rng = np.random.default_rng(0)
     for c, name in enumerate(["cat", "ant", "bee"]):

@@ -149,7 +149,7 @@ def test_skipped_misfits_are_kept_in_bf16_and_named_in_the_table():
 
 def test_a_quantizing_recipe_that_converts_nothing_is_an_error():
     with pytest.raises(ValueError, match=r"recipe 'nvfp4' quantized none.*5 blocks; bf16_first_blocks=2, bf16_last_blocks=8"):
-        convert(Toy(n=5), "nvfp4")
+        convert(Toy(n=5), RecipeConfig(name="nvfp4", bf16_first_blocks=2, bf16_last_blocks=8))
 
 
 def test_bf16_recipe_converts_nothing():

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 
 # 3 steps, validation after step 2 on one batch, CSV logging; fields (not `trainer=debug`) so
 # that they also win over a study recipe's values
@@ -65,3 +67,20 @@ def _offline_wandb(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+
+
+class PoisonAfterStep(L.Callback):
+    """A callback for tests: after optimizer step ``step`` it writes an infinity into the first
+    weight (``what="weight"``) or into that weight's AdamW ``exp_avg_sq`` (``what="optimizer"``),
+    as an overflowing update would."""
+
+    def __init__(self, step: int, what: str = "weight") -> None:
+        self.step, self.what = step, what
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.step:
+            return
+        param = next(pl_module.parameters())
+        target = param if self.what == "weight" else trainer.optimizers[0].state[param]["exp_avg_sq"]
+        with torch.no_grad():
+            target.view(-1)[0] = float("inf")
