@@ -35,10 +35,12 @@ from omegaconf import DictConfig, OmegaConf
 from fp4train.callbacks import QuantStatsLogger, build_callbacks
 from fp4train.tetrajet_callbacks import QRampingCalibration
 from fp4train.convert import convert
+from fp4train.linear import QuantLinear
 from fp4train.data import build_datasets
 from fp4train.graphs import check_one_process
 from fp4train.lit import DIVERGED_FILE, MODULES, StepDataModule
 from fp4train.models import REGISTRY, build_model
+from fp4train.models.compile import compile_blocks
 from fp4train.optim import OptimConfig
 from fp4train.recipes import RecipeConfig
 from fp4train.schedule import PrecisionSchedule
@@ -57,11 +59,14 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 @dataclass
 class ModelConfig:
-    """``build_model(name, size, **overrides)``; ``overrides`` are fields of the model's config."""
+    """``build_model(name, size, **overrides)``; ``overrides`` are fields of the model's config.
+    ``compile_blocks``: ``torch.compile`` each block after conversion, quantized layers and the
+    Mamba-2 scan left eager (``fp4train.models.compile``)."""
 
     name: str = "hybrid_lm"
     size: str = "micro"
     overrides: dict[str, Any] = field(default_factory=dict)
+    compile_blocks: bool = False
 
 
 @dataclass
@@ -235,6 +240,8 @@ def train(cfg: TrainConfig, overrides: list[str] | None = None) -> TrainResult:
     train_set, val_set = build_datasets(cfg.data.name, **cfg.data.options)
     model = build_model(cfg.model.name, cfg.model.size, **cfg.model.overrides)
     report = convert(model, cfg.quant)
+    if cfg.model.compile_blocks:
+        compile_blocks(model, eager=(QuantLinear,))
     print(report, flush=True)
     (out / "conversion.md").write_text(str(report) + "\n")
     (out / RUN_INFO).write_text(json.dumps(
