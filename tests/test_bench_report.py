@@ -144,3 +144,15 @@ def test_a_training_step_case_runs_on_cpu(case):
     assert row["quantized_linears"] > 0 and row["step_ms"] > 0 and torch.isfinite(torch.tensor(row["loss"]))
     assert row["flops_per_step"]["total"] > 0 and 0 < row["mfu"] < 1
     assert row["items_per_s"] == pytest.approx(case.batch * (case.seq if case.is_lm else 1) / row["step_ms"] * 1e3)
+
+
+def test_scan_loss_runs_are_reproducible_and_tabled_on_cpu():
+    from experiments.bench import scan_loss
+
+    run = scan_loss.Run("float32 scan (torch)", "torch")
+    args = dict(size="micro", steps=4, batch=2, seq=32, lr=1e-3, val_batches=1, device="cpu")
+    first, again = scan_loss.train_run(run, **args), scan_loss.train_run(run, **args)
+    assert first["train_loss_by_tenth"] == again["train_loss_by_tenth"] and first["val_loss"] == again["val_loss"]
+    assert len(first["train_loss_by_tenth"]) == 4  # 4 steps: a tenth is one step
+    md = scan_loss.markdown([first, {**again, "label": "other", "val_loss": first["val_loss"] + 0.01}], "micro")
+    assert md.splitlines()[-1].startswith("| other |") and "| +0.0100 |" in md
