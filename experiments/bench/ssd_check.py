@@ -123,6 +123,7 @@ def check_scan(s: ScanShape, device: str, variants: tuple[str, ...]) -> list[dic
         impl, dtype = variant.split()
         low = {k: (v.to(torch.bfloat16) if dtype == "bf16" and k in "xBC" else v) for k, v in inputs.items()}
         dy = torch.randn(s.b, s.l, s.H, s.P, generator=torch.Generator().manual_seed(1)).to(device)
+        dy = dy.to(low["x"].dtype)  # y's dtype: the reference gets the same rounded upstream gradient
 
         def run(impl=impl, **t):
             return ssd(t["x"], t["dt"], t["dt_bias"], t["A"], t["B"], t["C"], t["D"], s.Q, impl)
@@ -143,7 +144,7 @@ def check_gated_norm(s: ScanShape, device: str) -> list[dict]:
     inputs = {"y": torch.randn(s.b, s.l, d_inner, generator=g), "z": torch.randn(s.b, s.l, d_inner, generator=g),
               "w": 1 + 0.1 * torch.randn(d_inner, generator=g)}
     inputs = {k: (v.to(torch.bfloat16) if k != "w" else v).to(device) for k, v in inputs.items()}
-    dy = torch.randn(s.b, s.l, d_inner, generator=g).to(device)
+    dy = torch.randn(s.b, s.l, d_inner, generator=g).to(device, torch.bfloat16)  # the outputs' dtype
     group = d_inner // s.G
 
     norm = RMSNorm(d_inner, eps=1e-5, group_size=group)
