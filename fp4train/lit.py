@@ -29,7 +29,8 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -168,6 +169,20 @@ class TrainModule(L.LightningModule):
         opt = build_optimizer(self.model, self.optim_cfg)
         sched = build_scheduler(opt, self.trainer.max_steps, self.optim_cfg)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def clip_gradients(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                       gradient_clip_algorithm: str | None = None) -> None:
+        """Lightning's clipping, except for a fused optimizer (``OptimConfig.fused``) where no
+        gradient scaler runs (bf16-mixed, 32-true): Lightning refuses to clip any optimizer that
+        unscales inside ``step`` (Lightning issue #21435), a check meant for fp16's scaler; with
+        nothing to unscale, the clipping is Lightning's plain one (``Precision.clip_gradients``)."""
+        plugin = self.trainer.precision_plugin
+        if getattr(optimizer, "_step_supports_amp_scaling", False) and getattr(plugin, "scaler", None) is None:
+            val = self.trainer.gradient_clip_val if gradient_clip_val is None else gradient_clip_val
+            algo = gradient_clip_algorithm or self.trainer.gradient_clip_algorithm or GradClipAlgorithmType.NORM
+            Precision.clip_gradients(plugin, optimizer, val or 0.0, GradClipAlgorithmType(algo))
+            return
+        super().clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.precision_schedule.apply(self.model, self.global_step, self.trainer.max_steps)

@@ -4,7 +4,9 @@
   with weight decay only on matrices: parameters marked ``_no_weight_decay`` (Mamba's ``A_log``,
   ``D``, ``dt_bias``), 0-/1-D tensors (norm weights, biases), ``nn.Embedding`` tables and the
   ViT's ``cls_token``/``pos_embed`` (timm's ``no_weight_decay`` names) are not decayed.
-  The recipe's per-step hooks (TetraJet's Q-EMA, Q-Ramping) are attached to it; then
+  ``fused``: PyTorch's single-kernel AdamW step (``fused=True``), by default wherever every
+  parameter is a CUDA floating-point tensor (``fused_by_default``). The recipe's per-step hooks
+  (TetraJet's Q-EMA, Q-Ramping) are attached to it; then
   ``OptimConfig.wrappers`` hands it to hooks named by dotted path, so new optimizer machinery
   plugs in by config.
 * ``lr_factor``: the multiplier of the peak learning rate at an optimizer step —
@@ -27,7 +29,10 @@ from torch import nn
 
 from fp4train.tetrajet import attach_tetrajet
 
-__all__ = ["OptimConfig", "SCHEDULES", "build_optimizer", "build_scheduler", "lr_factor", "param_groups", "resolve_target"]
+__all__ = [
+    "OptimConfig", "SCHEDULES", "build_optimizer", "build_scheduler", "fused_by_default", "lr_factor", "param_groups",
+    "resolve_target",
+]
 
 SCHEDULES = ("cosine", "wsd", "constant")
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "dist_token")
@@ -38,7 +43,12 @@ class OptimConfig:
     """AdamW hyperparameters and the LR schedule.
 
     ``warmup_steps``: linear warmup from 0. ``min_lr_ratio``: the final LR as a fraction of ``lr``.
-    ``decay_fraction``: WSD's decay phase as a fraction of all steps. ``wrappers``: dotted paths of
+    ``decay_fraction``: WSD's decay phase as a fraction of all steps. ``fused``: AdamW's fused
+    step — ``None`` where every parameter is a CUDA floating-point tensor (``fused_by_default``),
+    ``True`` always (PyTorch refuses what it cannot fuse), ``False`` never (PyTorch's default
+    step: ``foreach`` on CUDA).
+    The fused step unscales fp16 gradients inside ``step``, so Lightning cannot clip them: with
+    ``precision=16-mixed`` and gradient clipping set ``fused=False``. ``wrappers``: dotted paths of
     callables ``f(model=..., optimizer=..., **kwargs)`` applied in order after the optimizer is
     built; one that returns a ``torch.optim.Optimizer`` replaces it, any other result is ignored
     (a hook that attached itself in place). Each entry is ``{"_target_": "pkg.mod.fn", **kwargs}``
@@ -53,6 +63,7 @@ class OptimConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
     decay_fraction: float = 0.2
+    fused: bool | None = None
     wrappers: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -108,11 +119,21 @@ def resolve_target(spec: dict[str, Any], what: str) -> Any:
         raise ValueError(f"cannot resolve {what} {path!r}: {e}") from None
 
 
+def fused_by_default(params: list[torch.Tensor]) -> bool:
+    """The default of ``OptimConfig.fused``: true iff there are parameters and every one is a
+    floating-point tensor on CUDA (what PyTorch's fused AdamW takes; a mixed or CPU model keeps
+    the ``foreach`` step, as before)."""
+    return bool(params) and all(p.device.type == "cuda" and p.is_floating_point() for p in params)
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW over ``param_groups(model)`` with the recipe's per-step hooks (TetraJet's Q-EMA and
-    Q-Ramping, a no-op for other recipes), then ``cfg.wrappers`` applied in order."""
+    """AdamW over ``param_groups(model)`` (fused per ``cfg.fused``) with the recipe's per-step hooks
+    (TetraJet's Q-EMA and Q-Ramping, which act through step hooks and so work on the fused step
+    too; a no-op for other recipes), then ``cfg.wrappers`` applied in order."""
+    groups = param_groups(model, cfg.weight_decay)
+    fused = fused_by_default([p for g in groups for p in g["params"]]) if cfg.fused is None else cfg.fused
     opt: torch.optim.Optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps
+        groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True if fused else None  # None: foreach on CUDA
     )
     attach_tetrajet(model, opt)
     for spec in cfg.wrappers:

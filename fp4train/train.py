@@ -47,6 +47,7 @@ from torch.utils.data import Dataset
 from fp4train.callbacks import FiniteCheckpoint, QuantStatsLogger, build_callbacks
 from fp4train.tetrajet_callbacks import QRampingCalibration
 from fp4train.convert import ConversionReport, convert
+from fp4train.linear import QuantLinear
 from fp4train.data import build_datasets
 from fp4train.errors import ConfigError
 from fp4train.graphs import check_one_process
@@ -54,6 +55,7 @@ from fp4train.lit import DIVERGED_FILE, IDENTITY_KEY, MODULES, StepDataModule, T
 from fp4train.loggers import ResumableCSVLogger
 from fp4train.logs import quiet_library_noise, route_lightning_logs, use_stdout_if_unconfigured
 from fp4train.models import REGISTRY, build_model
+from fp4train.models.compile import compile_blocks
 from fp4train.optim import OptimConfig
 from fp4train.recipes import OPERANDS, SR_SCOPES, RecipeConfig, build_recipe
 from fp4train.schedule import PrecisionSchedule
@@ -72,11 +74,14 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 @dataclass
 class ModelConfig:
-    """``build_model(name, size, **overrides)``; ``overrides`` are fields of the model's config."""
+    """``build_model(name, size, **overrides)``; ``overrides`` are fields of the model's config.
+    ``compile_blocks``: ``torch.compile`` each block after conversion, quantized layers and the
+    Mamba-2 scan left eager (``fp4train.models.compile``)."""
 
     name: str = "hybrid_lm"
     size: str = "micro"
     overrides: dict[str, Any] = field(default_factory=dict)
+    compile_blocks: bool = False
 
 
 @dataclass
@@ -394,6 +399,8 @@ def train(cfg: TrainConfig, overrides: list[str] | None = None) -> TrainResult:
         train_set, val_set = build_datasets(cfg.data.name, **cfg.data.options)
     model, report = build_converted_model(cfg)
     _check_geometry(cfg, model, train_set)
+    if cfg.model.compile_blocks:
+        compile_blocks(model, eager=(QuantLinear,))
     log.info("%s", report)
     (out / "conversion.md").write_text(str(report) + "\n")
     (out / RUN_INFO).write_text(json.dumps(

@@ -38,7 +38,8 @@ def model_config(name: str, size: str = "micro", **overrides) -> ViTConfig | Hyb
 
 
 def build_model(name: str, size: str = "micro", **overrides) -> nn.Module:
-    """Build ``name`` in {"vit", "hybrid_lm"} at a named ``size`` in {"micro", "tiny", "small"}."""
+    """Build ``name`` in {"vit", "hybrid_lm"} at a named ``size``: micro | tiny | small, and for the
+    hybrid LM also base | 1b (``REGISTRY[name][2]``)."""
     config = model_config(name, size, **overrides)
     return REGISTRY[name][1](config)
 

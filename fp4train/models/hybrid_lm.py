@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .mamba2 import Mamba2Mixer, RMSNorm
+from .mamba_ssm_ops import check_ssd_impl
 
 MIXER_CHARS = {"M": "mamba", "*": "attention", "-": "mlp"}
 
@@ -30,7 +31,8 @@ class HybridLMConfig:
     """Sizes of a hybrid LM. Derived widths: FFN = ffn_dim or 4·d_model; attention head dim =
     attn_head_dim or d_model / n_heads; Mamba heads = mamba_expand·d_model / mamba_head_dim.
 
-    ``n_layers`` (optional) repeats or truncates ``pattern`` to that many layers.
+    ``n_layers`` (optional) repeats or truncates ``pattern`` to that many layers. ``ssd_impl``
+    (auto | torch | triton) and ``fused_gated_norm`` pick the Mamba-2 kernels (``Mamba2Mixer``).
     """
 
     pattern: str = "M-M-M*-M-"
@@ -51,8 +53,11 @@ class HybridLMConfig:
     mamba_chunk_size: int = 64
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    ssd_impl: str = "auto"
+    fused_gated_norm: bool = True
 
     def __post_init__(self) -> None:
+        check_ssd_impl(self.ssd_impl)
         bad = sorted(set(self.pattern) - set(MIXER_CHARS))
         if not self.pattern or bad:
             raise ValueError(
@@ -162,6 +167,8 @@ class HybridBlock(nn.Module):
                 d_state=cfg.mamba_d_state,
                 d_conv=cfg.mamba_d_conv,
                 chunk_size=cfg.mamba_chunk_size,
+                ssd_impl=cfg.ssd_impl,
+                fused_gated_norm=cfg.fused_gated_norm,
             )
         elif kind == "*":
             self.mixer = Attention(cfg)
@@ -196,6 +203,11 @@ class HybridLM(nn.Module):
         return self.lm_head(self.norm_f(x))
 
 
+# Named sizes; parameters with the byte vocabulary (256), embedding and lm_head included:
+# micro 1,124,480; tiny 18,044,416; small 123,213,536; base 367,165,408; 1b 1,115,442,368.
+# small/base/1b follow Nemotron-H's layout (`M-M-M-M*-` groups ending `M-`, arXiv 2504.03624) with
+# its attention head dim 128 (base, 1b), Mamba head dim 64, G = 8 groups and state N = 128 (as its
+# 8B/12B); base is 47 layers (21 M / 21 - / 5 *) at d 1024, 1b 38 layers (17 / 17 / 4) at d 2048.
 SIZES: dict[str, dict] = {
     "micro": {},
     "tiny": dict(
@@ -205,5 +217,13 @@ SIZES: dict[str, dict] = {
     "small": dict(
         pattern="M-M-M-M*-" * 3 + "M-", d_model=768, n_heads=12, n_kv_heads=4,
         mamba_head_dim=48, mamba_n_groups=4, mamba_d_state=128, mamba_chunk_size=256,
+    ),
+    "base": dict(
+        pattern="M-M-M-M*-" * 5 + "M-", d_model=1024, n_heads=8, n_kv_heads=2, attn_head_dim=128,
+        mamba_head_dim=64, mamba_n_groups=8, mamba_d_state=128, mamba_chunk_size=256,
+    ),
+    "1b": dict(
+        pattern="M-M-M-M*-" * 4 + "M-", d_model=2048, n_heads=16, n_kv_heads=4, attn_head_dim=128,
+        mamba_head_dim=64, mamba_n_groups=8, mamba_d_state=128, mamba_chunk_size=256,
     ),
 }

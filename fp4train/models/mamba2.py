@@ -10,8 +10,13 @@ and A_h = -exp(A_log_h):
     h_t = exp(dt_t A_h) h_{t-1} + dt_t x_t ⊗ B_{t,g}        (state P × N)
     y_t = h_t C_{t,g} + D_h x_t
 
-Only ``in_proj`` and ``out_proj`` are GEMMs (``nn.Linear``, quantizable); the causal conv,
-the scan and the gated norm run in at least float32 with autocast disabled.
+Only ``in_proj`` and ``out_proj`` are GEMMs (``nn.Linear``, quantizable). The causal conv, the
+scan and the gated norm run with autocast disabled, in one of two ways (``ssd_impl``,
+models/mamba_ssm_ops.py): ``torch`` computes them in at least float32 (``ssd_chunked``, our
+``RMSNorm``); ``triton`` runs them as ``mamba_ssm``'s CUDA path does — conv1d and the scan inputs
+x, B, C in the activation dtype (bf16 under autocast), dt, A, D and ``dt_bias`` in float32, the
+softplus and float32 accumulation inside ``mamba_chunk_scan_combined``, and the gated norm
+computed in float32 (``rmsnorm_fn`` or ours) with its output in the activation dtype.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .mamba_ssm_ops import check_ssd_impl, mamba_ssm_kernels, resolve_ssd_impl
 
 
 class RMSNorm(nn.Module):
@@ -128,6 +135,26 @@ def ssd_naive(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor)
     return torch.stack(ys, dim=1)
 
 
+def ssd(
+    x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, chunk_size: int,
+    impl: str = "torch",
+) -> Tensor:
+    """The SSD scan from the raw ``dt`` (before ``dt_bias`` and the softplus), shapes as
+    ``ssd_chunked`` with ``dt_bias`` (H,); ``impl`` in {"torch", "triton"} (``resolve_ssd_impl``).
+
+    ``torch``: ``ssd_chunked(x, softplus(dt + dt_bias), A, B, C, D)`` in the dtype of ``x``.
+    ``triton``: ``mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias,
+    dt_softplus=True)`` (mamba_ssm's Mamba2 calls it so): x, B, C in their dtype, the bias, softplus,
+    decays and sums in float32 inside the kernels, y in the dtype of ``x``.
+    """
+    if impl == "torch":
+        return ssd_chunked(x, F.softplus(dt + dt_bias), A, B, C, D, chunk_size)
+    if impl != "triton":
+        raise ValueError(f"ssd impl must be 'torch' or 'triton' (resolved), got {impl!r}")
+    scan, _ = mamba_ssm_kernels()
+    return scan(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=True)
+
+
 def _no_weight_decay(p: nn.Parameter) -> nn.Parameter:
     p._no_weight_decay = True
     return p
@@ -140,7 +167,9 @@ class Mamba2Mixer(nn.Module):
     ``in_proj``: d_model → 2·d_inner + 2·G·N + H, ``out_proj``: d_inner → d_model, with
     d_inner = H·P. Init (mamba_ssm): dt log-uniform in [dt_min, dt_max] floored at 1e-4 and
     stored through the inverse softplus in ``dt_bias``; A_log = log(U(1, 16)); D = 1. A_log, D
-    and dt_bias carry ``_no_weight_decay = True``.
+    and dt_bias carry ``_no_weight_decay = True``. ``ssd_impl`` in {"auto", "torch", "triton"}
+    picks the scan (module doc, models/mamba_ssm_ops.py); with the triton scan,
+    ``fused_gated_norm`` runs the gated norm as mamba_ssm's ``rmsnorm_fn`` (else ours).
     """
 
     def __init__(
@@ -155,13 +184,17 @@ class Mamba2Mixer(nn.Module):
         dt_min: float = 1e-3,
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
+        ssd_impl: str = "auto",
+        fused_gated_norm: bool = True,
     ) -> None:
         super().__init__()
         if n_heads % n_groups:
             raise ValueError(f"mamba n_heads {n_heads} is not divisible by n_groups {n_groups}")
+        check_ssd_impl(ssd_impl)
         self.n_heads, self.head_dim, self.n_groups, self.d_state = n_heads, head_dim, n_groups, d_state
         self.d_inner = n_heads * head_dim
         self.chunk_size = chunk_size
+        self.ssd_impl, self.fused_gated_norm = ssd_impl, fused_gated_norm
         conv_dim = self.d_inner + 2 * n_groups * d_state
         self.in_proj = nn.Linear(d_model, self.d_inner + conv_dim + n_heads, bias=False)
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1)
@@ -175,26 +208,37 @@ class Mamba2Mixer(nn.Module):
 
     def forward(self, u: Tensor) -> Tensor:
         """u (b, l, d_model) -> (b, l, d_model)."""
-        b, l, _ = u.shape
-        zxbcdt = self.in_proj(u)
-        compute = torch.promote_types(zxbcdt.dtype, torch.float32)
+        return self.out_proj(self.mix(self.in_proj(u)))
+
+    def mix(self, zxbcdt: Tensor) -> Tensor:
+        """Everything between the two GEMMs: (b, l, in_proj width) -> (b, l, d_inner), in the dtype
+        of ``zxbcdt``. Autocast is off inside; the dtypes are chosen per ``ssd_impl`` (module doc)."""
+        b, l, _ = zxbcdt.shape
+        impl = resolve_ssd_impl(self.ssd_impl, zxbcdt.device)
+        act = zxbcdt.dtype if impl == "triton" else torch.promote_types(zxbcdt.dtype, torch.float32)
+        fp32 = torch.promote_types(act, torch.float32)  # dt, A, D, dt_bias
         gn = self.n_groups * self.d_state
-        with torch.autocast(device_type=u.device.type, enabled=False):
-            z, xbc, dt = zxbcdt.to(compute).split([self.d_inner, self.d_inner + 2 * gn, self.n_heads], -1)
-            w, bias = self.conv1d.weight.to(compute), self.conv1d.bias.to(compute)
+        with torch.autocast(device_type=zxbcdt.device.type, enabled=False):
+            z, xbc, dt = zxbcdt.to(act).split([self.d_inner, self.d_inner + 2 * gn, self.n_heads], -1)
+            w, bias = self.conv1d.weight.to(act), self.conv1d.bias.to(act)
             xbc = F.conv1d(xbc.transpose(1, 2), w, bias, padding=self.conv1d.padding, groups=xbc.size(-1))
             xbc = F.silu(xbc[..., :l].transpose(1, 2))
             x, B, C = xbc.split([self.d_inner, gn, gn], -1)
-            dt = F.softplus(dt + self.dt_bias.to(compute))
-            A = -torch.exp(self.A_log.to(compute))
-            y = ssd_chunked(
+            y = ssd(
                 x.reshape(b, l, self.n_heads, self.head_dim),
-                dt,
-                A,
+                dt.to(fp32),
+                self.dt_bias.to(fp32),
+                -torch.exp(self.A_log.to(fp32)),
                 B.reshape(b, l, self.n_groups, self.d_state),
                 C.reshape(b, l, self.n_groups, self.d_state),
-                self.D.to(compute),
+                self.D.to(fp32),
                 self.chunk_size,
-            )
-            y = self.norm(y.reshape(b, l, self.d_inner), gate=z)
-        return self.out_proj(y.to(zxbcdt.dtype))
+                impl,
+            ).reshape(b, l, self.d_inner)
+            if impl == "triton" and self.fused_gated_norm:
+                rmsnorm_fn = mamba_ssm_kernels()[1]
+                y = rmsnorm_fn(y, self.norm.weight, None, z=z, eps=self.norm.eps, group_size=self.norm.group_size,
+                               norm_before_gate=False)
+            else:
+                y = self.norm(y, gate=z)
+        return y.to(zxbcdt.dtype)

@@ -47,9 +47,34 @@ def test_every_gemm_projection_is_an_nn_linear_inside_blocks(name):
     assert all(id(p) not in block_params for p in head.parameters())
 
 
-def test_hybrid_lm_small_is_about_125m_parameters():
-    model = _meta("hybrid_lm", "small")
-    assert 115e6 < sum(p.numel() for p in model.parameters()) < 135e6
+def _hybrid_lm_formula(cfg) -> int:
+    """Parameters of a hybrid LM counted from its config, layer by layer (independent of the modules)."""
+    d, heads = cfg.d_model, cfg.mamba_n_heads
+    d_inner, gn = heads * cfg.mamba_head_dim, cfg.mamba_n_groups * cfg.mamba_d_state
+    conv = d_inner + 2 * gn
+    per_layer = {
+        "M": d * (d_inner + conv + heads) + conv * (cfg.mamba_d_conv + 1) + 3 * heads + d_inner + d_inner * d,
+        "*": d * cfg.head_dim * (2 * cfg.n_heads + 2 * cfg.n_kv_heads),
+        "-": 2 * d * (cfg.ffn_dim or 4 * d),
+    }
+    blocks = sum(per_layer[c] + d for c in cfg.layer_pattern)  # + each block's RMSNorm
+    return blocks + 2 * cfg.vocab_size * d + d  # embedding, lm_head, final norm
+
+
+# the counts stated in hybrid_lm.py's SIZES comment
+HYBRID_LM_PARAMS = {"micro": 1_124_480, "tiny": 18_044_416, "small": 123_213_536, "base": 367_165_408, "1b": 1_115_442_368}
+
+
+@pytest.mark.parametrize("size", list(HYBRID_LM_PARAMS))
+def test_hybrid_lm_sizes_have_the_stated_parameter_counts(size):
+    model = _meta("hybrid_lm", size)
+    count = sum(p.numel() for p in model.parameters())
+    assert count == _hybrid_lm_formula(model.config) == HYBRID_LM_PARAMS[size]
+    assert sorted(HYBRID_LM_PARAMS) == sorted(REGISTRY["hybrid_lm"][2])
+
+
+def test_hybrid_lm_base_and_1b_are_about_350m_and_1b_parameters():
+    assert 330e6 < HYBRID_LM_PARAMS["base"] < 380e6 and 0.95e9 < HYBRID_LM_PARAMS["1b"] < 1.2e9
 
 
 def test_param_count_table_has_a_row_per_named_size():

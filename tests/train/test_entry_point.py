@@ -162,3 +162,19 @@ def test_lightning_warning_about_an_unused_gpu_is_filtered():
                        category=PossibleUserWarning)
         rank_zero_warn("some other warning")
     assert [str(w.message) for w in caught] == ["some other warning"]
+
+
+def test_model_compile_blocks_compiles_the_blocks_after_conversion_with_quantized_layers_eager(tmp_path, monkeypatch):
+    import fp4train.train as entry
+    from fp4train.linear import QuantLinear
+
+    calls, real = [], entry.compile_blocks
+
+    def compile_eagerly(model, eager):  # Dynamo without Inductor: fast, and the same numerics
+        calls.append((sum(isinstance(m, QuantLinear) for m in model.modules()), eager))
+        return real(model, eager=eager, backend="eager")
+
+    monkeypatch.setattr(entry, "compile_blocks", compile_eagerly)
+    run_main(*TINY_VIT, "quant=mxfp4", "model.compile_blocks=true", "trainer.max_steps=2", f"hydra.run.dir={tmp_path}")
+    assert calls == [(8, (QuantLinear,))]  # after convert: 2 blocks × 4 quantized linears
+    assert sorted(read_metrics(tmp_path, "train/loss")) == [0, 1]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fp4train.models import build_model
-from fp4train.optim import OptimConfig, build_optimizer, lr_factor, param_groups
+from fp4train.optim import OptimConfig, build_optimizer, fused_by_default, lr_factor, param_groups
 
 
 def _groups(model):
@@ -80,3 +80,51 @@ def test_optimizer_wrappers_from_config_are_applied_in_order():
     assert isinstance(opt, Wrapped) and isinstance(opt.inner, torch.optim.AdamW)
     with pytest.raises(ValueError, match="cannot resolve optimizer wrapper 'no.such.thing'"):
         build_optimizer(model, OptimConfig(wrappers=[{"_target_": "no.such.thing"}]))
+
+
+def test_fused_by_default_only_where_every_parameter_is_a_cuda_float_tensor():
+    cuda_float = type("T", (), {"device": torch.device("cuda"), "is_floating_point": lambda self: True})()
+    cuda_int = type("T", (), {"device": torch.device("cuda"), "is_floating_point": lambda self: False})()
+    assert fused_by_default([cuda_float, cuda_float])
+    assert not fused_by_default([cuda_float, cuda_int]) and not fused_by_default([])
+    cpu_model = build_model("vit", "micro")
+    assert not fused_by_default(list(cpu_model.parameters()))
+    assert not build_optimizer(cpu_model, OptimConfig()).defaults["fused"]
+    assert build_optimizer(cpu_model, OptimConfig(fused=True)).defaults["fused"]  # PyTorch fuses on CPU too
+
+
+grad_norms: list[float] = []
+
+
+def record_grad_norm(model, optimizer):
+    """The gradient norm that ``step`` used (Lightning runs forward, backward and clipping in the
+    closure it passes to ``step``; the gradients are still there after it)."""
+    def post(opt, args, kwargs):
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        grad_norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+    optimizer.register_step_post_hook(post)
+
+
+def test_a_fused_adamw_is_clipped_under_bf16_mixed_and_trains_like_the_foreach_step(tmp_path):
+    # Lightning refuses to clip a fused optimizer under any mixed precision (its fp16 check);
+    # TrainModule.clip_gradients clips it where no gradient scaler runs.
+    from fp4train.train import DataConfig, LoggerConfig, ModelConfig, TrainConfig, TrainerConfig, train
+
+    from .conftest import read_metrics
+
+    losses, norms = {}, {}
+    for fused in (False, True):
+        grad_norms.clear()
+        cfg = TrainConfig(
+            model=ModelConfig("vit", overrides={"dim": 32, "depth": 1}),
+            data=DataConfig("digits", batch_size=16),
+            optim=OptimConfig(fused=fused, wrappers=[{"_target_": f"{__name__}.record_grad_norm"}]),
+            trainer=TrainerConfig(max_steps=3, precision="bf16-mixed", gradient_clip_val=1e-3, val_every_n_steps=3,
+                                  val_batches=1, enable_progress_bar=False),
+            logger=LoggerConfig(wandb=False), out_dir=str(tmp_path / f"fused_{fused}"),
+        )
+        assert train(cfg).status == "finished"
+        losses[fused], norms[fused] = read_metrics(tmp_path / f"fused_{fused}", "train/loss"), list(grad_norms)
+    assert len(norms[True]) == 3 and max(norms[True]) <= 1e-3 * (1 + 1e-5)
+    assert norms[True] == pytest.approx(norms[False], rel=1e-4)
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)

@@ -1,0 +1,100 @@
+"""The optional ``mamba-ssm`` Triton kernels behind ``ssd_impl``, and the choice between them and
+our PyTorch code.
+
+The kernels (state-spaces/mamba 2.3.2.post1, the package of the Mamba-2 paper, arXiv 2405.21060):
+``mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined`` — the chunked SSD scan of
+Mamba-2 §6 as Triton kernels, forward and backward, which adds ``dt_bias`` and applies the softplus
+to dt itself (``dt_softplus=True``) and accumulates in float32 — and
+``mamba_ssm.ops.triton.layernorm_gated.rmsnorm_fn``, the group-wise gated RMSNorm in one kernel.
+The package ships as source; its ``__init__`` imports its CUDA extension, so it imports only where
+it was built with CUDA (docs/models_and_data.md says how to install it).
+
+``ssd_impl``:
+
+* ``"torch"``: our PyTorch scan (``models/mamba2.py``) in float32 — the CPU path, the test
+  reference and the fallback;
+* ``"triton"``: the package's kernels, on CUDA only; anything else is an error saying what is
+  missing;
+* ``"auto"``: triton on a CUDA input when the package imports, else torch; logs once which one ran
+  and why.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["SSD_IMPLS", "check_ssd_impl", "mamba_ssm_kernels", "resolve_ssd_impl"]
+
+log = logging.getLogger(__name__)
+
+SSD_IMPLS = ("auto", "torch", "triton")
+INSTALL_HINT = (
+    "install the `gpu` extra on a CUDA machine (pip install einops; mamba-ssm==2.3.2.post1 builds from "
+    "source with MAMBA_FORCE_BUILD=TRUE and --no-build-isolation: docs/models_and_data.md, "
+    "experiments/bench/build_mamba_ssm.sh)"
+)
+_logged: set[str] = set()
+
+
+def check_ssd_impl(impl: str) -> None:
+    """Raise ``ValueError`` naming the valid choices unless ``impl`` is one of ``SSD_IMPLS``."""
+    if impl not in SSD_IMPLS:
+        raise ValueError(f"unknown ssd_impl {impl!r}; valid: {list(SSD_IMPLS)}")
+
+
+@functools.cache
+def _import_kernels() -> tuple[Callable, Callable] | str:
+    """The two kernels if mamba_ssm imports, else why not (a string); tried once per process."""
+    try:
+        from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except (ImportError, OSError, RuntimeError) as e:  # a missing package, or its CUDA extension failing to load
+        return f"{type(e).__name__}: {e}"
+    return mamba_chunk_scan_combined, rmsnorm_fn
+
+
+def mamba_ssm_kernels() -> tuple[Callable, Callable]:
+    """``(mamba_chunk_scan_combined, rmsnorm_fn)``; ``RuntimeError`` saying how to install them if
+    mamba_ssm does not import."""
+    kernels = _import_kernels()
+    if isinstance(kernels, str):
+        raise RuntimeError(
+            f"ssd_impl='triton' needs mamba_ssm's Triton kernels, which do not import ({kernels}); "
+            f"{INSTALL_HINT}; or use ssd_impl='auto' or 'torch'"
+        )
+    return kernels
+
+
+def _log_once(level: int, message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        log.log(level, message)
+
+
+def resolve_ssd_impl(impl: str, device: torch.device) -> str:
+    """``"torch"`` or ``"triton"``: what ``impl`` runs as for an input on ``device`` (module doc)."""
+    check_ssd_impl(impl)
+    if impl == "torch":
+        return "torch"
+    if device.type != "cuda":
+        if impl == "triton":
+            raise RuntimeError(
+                f"ssd_impl='triton' runs mamba_ssm's Triton kernels on CUDA only, got an input on {device.type}; "
+                "use ssd_impl='auto' (the PyTorch scan off CUDA) or 'torch'"
+            )
+        _log_once(logging.INFO, f"Mamba-2 scan: torch (ssd_impl='auto', input on {device.type})")
+        return "torch"
+    if impl == "triton":
+        mamba_ssm_kernels()  # raises, saying how to install them, if they do not import
+        return "triton"
+    kernels = _import_kernels()
+    if isinstance(kernels, str):
+        _log_once(logging.WARNING, f"Mamba-2 scan: torch, the slow float32 path (ssd_impl='auto': mamba_ssm "
+                                   f"does not import: {kernels}); to use its Triton kernels, {INSTALL_HINT}")
+        return "torch"
+    _log_once(logging.INFO, "Mamba-2 scan: triton (ssd_impl='auto': mamba_ssm's mamba_chunk_scan_combined)")
+    return "triton"
