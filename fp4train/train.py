@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-TEXT_DATA = ("stdlib_text", "token_file")
+TEXT_DATA = ("stdlib_text", "text_folders", "token_file")
 RUN_INFO = "run_info.json"
 # absolute, so that `python -m fp4train.train`, the `fp4train` script and an import all find it
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
