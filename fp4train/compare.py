@@ -110,7 +110,8 @@ def _config_facts(config: dict[str, Any]) -> dict[str, Any]:
     described = " ".join(str(x) for x in (model.get("name"), model.get("size")) if x)
     if described and data.get("name"):
         described += f" on {data['name']}"
-    return {"study": str(config.get("study") or ""), "model": described,
+    study = config.get("study")
+    return {"study": study if isinstance(study, str) and "${" not in study else "", "model": described,
             "seed": seed if isinstance(seed, int) else None, "items_per_step": items, "item_name": item_name}
 
 
@@ -129,7 +130,8 @@ def load_csv_runs(root: Path) -> list[Run]:
         with metrics.open(newline="") as f:
             curves = _curves_from_rows(csv.DictReader(f))
         status = "diverged" if (run_dir / "DIVERGED").exists() else "finished"
-        facts = _config_facts({"study": info.get("study"), **config})
+        facts = _config_facts(config)
+        facts["study"] = str(info.get("study") or facts["study"])  # resolved, unlike the saved config's
         if not facts["model"]:
             facts["model"] = " on ".join(str(info[k]) for k in ("model", "data") if info.get(k))
         runs.append(Run(run_dir.name, info["recipe"], list(info.get("overrides", [])), curves, status,
@@ -334,19 +336,23 @@ def _title(runs: list[Run]) -> str:
 
 
 def _figure(panels: int, title: str) -> tuple[Figure, list]:
+    """``panels`` axes side by side sharing x (steps or tokens), each with its own y axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False, sharex=True)
     fig.suptitle(title)
     return fig, list(axes[0])
 
 
 def _finish(fig: Figure, path: Path | None) -> Figure:
     import matplotlib.pyplot as plt
+    from matplotlib.text import Text
 
+    for text in fig.findobj(Text):  # labels are overrides and names: a `$` in them is no math
+        text.set_parse_math(False)
     fig.tight_layout()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -380,7 +386,7 @@ def plot_runs(runs: list[Run], path: Path | None = None) -> Figure:
         ax.set_title(f"training loss (EMA over {span} steps)" if key == "train/loss" else "validation loss")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(key)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize="small")
@@ -451,7 +457,7 @@ def plot_gaps(runs: list[Run], baseline: str = "bf16", path: Path | None = None)
             ax.xaxis.set_major_formatter(EngFormatter())
         else:
             ax.set_xlabel("optimizer step (runs differ in, or do not record, items per step)")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
         if ax.lines or ax.collections:
             ax.legend(fontsize="small")

@@ -107,6 +107,15 @@ def test_loss_plot_steps_are_integers_and_val_points_sit_at_the_steps_the_table_
     assert steps_in_table == {3} and max(fig.axes[0].lines[0].get_xdata()) == 3
 
 
+def test_a_single_validation_still_gets_integer_steps(tmp_path):
+    write_run(tmp_path, "a", "bf16", 0, [3.0, 2.0], {1: 2.0})
+    fig = compare.plot_runs(compare.load_csv_runs(tmp_path))
+    fig.canvas.draw()
+    val_ax = fig.axes[1]
+    ticks = [t for t in val_ax.get_xticks() if val_ax.get_xlim()[0] <= t <= val_ax.get_xlim()[1]]
+    assert ticks == [1, 2] and list(val_ax.lines[0].get_xdata()) == [2]
+
+
 def test_coinciding_runs_stay_visible_with_their_own_line_style_marker_and_width(tmp_path):
     for recipe in ("bf16", "fp8", "nvfp4"):
         write_run(tmp_path, recipe, recipe, 0, [3.0, 2.5, 2.0], {1: 2.4, 2: 2.0})
