@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("fp4train.train")  # not __main__ under `python -m`
-TEXT_DATA = ("stdlib_text", "token_file")
+TEXT_DATA = ("stdlib_text", "text_folders", "token_file")
 RUN_INFO = "run_info.json"
 # absolute, so that `python -m fp4train.train`, the `fp4train` script and an import all find it
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"

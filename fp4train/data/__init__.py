@@ -1,7 +1,8 @@
 """Datasets (torch ``Dataset``s) and their config dataclasses; ``build_datasets`` picks one by name.
 
 Vision: ``digits`` (default, offline), ``npz``, ``image_folder`` — see data/vision.py.
-Text (byte-level): ``stdlib_text`` (default, offline), ``token_file`` — see data/text.py.
+Text (byte-level): ``stdlib_text`` (default, offline), ``text_folders``, ``token_file`` — see
+data/text.py.
 
 The submodules are imported on first use, so that ``python -m fp4train.data.text`` runs the
 module once (no runpy double-import warning).
@@ -20,6 +21,7 @@ DATASETS: dict[str, tuple[str, str, str]] = {
     "npz": ("vision", "NpzConfig", "npz_datasets"),
     "image_folder": ("vision", "ImageFolderConfig", "image_folder_datasets"),
     "stdlib_text": ("text", "StdlibTextConfig", "stdlib_text_datasets"),
+    "text_folders": ("text", "TextFoldersConfig", "text_folders_datasets"),
     "token_file": ("text", "TokenFileConfig", "token_file_datasets"),
 }
 
@@ -42,7 +44,7 @@ def dataset_config(name: str, **kwargs):
 
 
 def build_datasets(name: str, **kwargs) -> tuple[Dataset, Dataset]:
-    """(train, val) datasets of ``name`` in {digits, npz, image_folder, stdlib_text, token_file}."""
+    """(train, val) datasets of ``name`` in {digits, npz, image_folder, stdlib_text, text_folders, token_file}."""
     config = dataset_config(name, **kwargs)
     module, _, builder = DATASETS[name]
     return _lookup(module, builder)(config)

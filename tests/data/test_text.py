@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from fp4train.data import build_datasets
-from fp4train.data.text import TokenWindows, _is_val_block, main, stdlib_sources, write_token_files
+from fp4train.data.text import (
+    TokenWindows, _is_val_block, main, prepare_text_folders, resolve_folder, stdlib_sources, write_token_files,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -158,7 +160,7 @@ def test_prepare_rejects_an_empty_split(tmp_path):
         ("odd_bytes", {}, ValueError, r"train.bin has 5 bytes, not a multiple of 2 \(uint16\)"),
         ("short", {}, ValueError, r"train.bin has 3 tokens; windows of seq_len 8 need .* at least seq_len \+ 1"),
         ("meta_uint32", {"dtype": "uint16"}, ValueError, r"dtype 'uint16' contradicts .*meta.json \(dtype 'uint32'\)"),
-        ("ok", {"dtype": "int8"}, ValueError, r"token dtype 'int8' is not supported; valid: \['uint16', 'uint32'\]"),
+        ("ok", {"dtype": "int8"}, ValueError, r"token dtype 'int8' is not supported; valid: \['uint8', 'uint16', 'uint32'\]"),
     ],
 )
 def test_token_file_errors_name_the_file_and_expectation(tmp_path, setup, kwargs, error, message):
@@ -188,3 +190,89 @@ def test_prepare_command_reports_a_missing_input_without_traceback(capsys):
         main(["prepare", "--out", "/tmp/unused", "/no/such/input"])
     assert exit_info.value.code == 2
     assert "error: text input /no/such/input does not exist (expected a text file or a directory)" in capsys.readouterr().err
+
+
+def _source_tree(root):
+    """40 small .py files in nested folders, a .txt, a byte-identical copy and a non-UTF-8 file."""
+    files = {f"pkg{i % 3}/sub{i % 2}/m{i}.py": f"# module {i}\n" + "x = 1\n" * (i + 5) for i in range(40)}
+    files["pkg0/readme.txt"] = "not python\n" * 10
+    files["zz/copy.py"] = files["pkg1/sub1/m1.py"]
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (root / "pkg2" / "latin1.py").write_bytes(b"# caf\xe9\n")
+    return files
+
+
+def test_text_folders_split_by_whole_file_and_drop_copies_and_non_utf8(tmp_path):
+    _source_tree(tmp_path / "src")
+    train, val = build_datasets("text_folders", roots=[str(tmp_path / "src")], cache_dir=str(tmp_path / "cache"),
+                                val_fraction=0.3, seq_len=8, exclude=["pkg0/sub0/*"])
+    # independent expectation: the sorted matching files, each wholly on the side its key hashes to
+    expected = {"train": b"", "val": b""}
+    for path in sorted((tmp_path / "src").rglob("*.py")):
+        key = path.relative_to(tmp_path / "src").as_posix()
+        if key in ("zz/copy.py", "pkg2/latin1.py") or key.startswith("pkg0/sub0/"):
+            continue
+        expected["val" if _is_val_block(key, 0, 0.3) else "train"] += path.read_bytes()
+    assert expected["train"] and expected["val"]
+    for split, ds in (("train", train), ("val", val)):
+        assert ds.dtype == np.uint8 and ds.vocab_size == 256
+        assert np.fromfile(ds.path, np.uint8).tobytes() == expected[split]
+    meta = json.loads((train.path.parent / "meta.json").read_text())
+    assert meta["duplicates"] == 1 and meta["skipped_non_utf8"] == ["pkg2/latin1.py"]
+    assert meta["bytes"] == len(expected["train"]) + len(expected["val"]) == meta["train_tokens"] + meta["val_tokens"]
+
+
+def test_text_folders_split_does_not_depend_on_where_the_folder_is(tmp_path):
+    for name in ("a", "b"):
+        _source_tree(tmp_path / name)
+    dirs = [prepare_text_folders([str(tmp_path / name)], cache_dir=tmp_path / "cache", val_fraction=0.3) for name in "ab"]
+    assert dirs[0] != dirs[1]  # keyed by path: two cache entries ...
+    for split in ("train.bin", "val.bin"):  # ... with the same split
+        assert (dirs[0] / split).read_bytes() == (dirs[1] / split).read_bytes()
+
+
+def test_text_folders_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path):
+    files = _source_tree(tmp_path / "src")
+    build = lambda: prepare_text_folders([str(tmp_path / "src")], cache_dir=tmp_path / "cache", val_fraction=0.3)
+    first = build()
+    mtime = (first / "train.bin").stat().st_mtime_ns
+    assert build() == first and (first / "train.bin").stat().st_mtime_ns == mtime
+    (tmp_path / "src" / "pkg1" / "new.py").write_text("y = 2\n" * 50)
+    second = build()
+    assert second != first
+    total = sum(len(t.encode()) for k, t in files.items() if k.endswith(".py") and k != "zz/copy.py") + 6 * 50
+    assert json.loads((second / "meta.json").read_text())["bytes"] == total
+
+
+@pytest.mark.parametrize(
+    "roots, error, message",
+    [
+        (["MISSING"], FileNotFoundError, r"text folder '.*MISSING' \(.*MISSING\) does not exist or is not a directory"),
+        (["EMPTY"], ValueError, r"text folder '.*EMPTY' \(.*EMPTY\) has no files matching globs \['\*.py'\]"),
+        ([], ValueError, r"text_folders needs a non-empty list of folders \(roots\), got \[\]"),
+        (["sysconfig:sitepackages"], ValueError, r"unknown sysconfig path 'sitepackages'; valid: .*'sysconfig:purelib'"),
+    ],
+)
+def test_text_folders_errors_name_the_folder(tmp_path, roots, error, message):
+    (tmp_path / "EMPTY").mkdir()
+    (tmp_path / "EMPTY" / "notes.txt").write_text("no python here")
+    roots = [str(tmp_path / r) if r.isupper() else r for r in roots]
+    with pytest.raises(error, match=message):
+        build_datasets("text_folders", roots=roots, cache_dir=str(tmp_path / "cache"))
+
+
+def test_sysconfig_folder_names_resolve_to_this_interpreters_paths():
+    import sysconfig
+
+    assert resolve_folder("sysconfig:purelib") == Path(sysconfig.get_paths()["purelib"]).resolve()
+
+
+def test_folders_command_prints_the_corpus_size(tmp_path, capsys):
+    _source_tree(tmp_path / "src")
+    main(["folders", str(tmp_path / "src"), "--cache-dir", str(tmp_path / "cache"), "--val-fraction", "0.3",
+          "--glob", "pkg1/*"])
+    out = capsys.readouterr().out
+    size = sum(p.stat().st_size for p in (tmp_path / "src" / "pkg1").rglob("*.py"))
+    assert f"{size:,} bytes: " in out and "byte-identical copies dropped" in out

@@ -1,0 +1,1 @@
+"""fp4train's Hydra launcher plugin: ``hydra/launcher=parallel`` (see ``parallel_launcher``)."""
