@@ -38,7 +38,7 @@ from fp4train.convert import convert
 from fp4train.data import build_datasets
 from fp4train.graphs import check_one_process
 from fp4train.lit import DIVERGED_FILE, MODULES, StepDataModule
-from fp4train.models import REGISTRY, build_model
+from fp4train.models import HFModelConfig, build_hf_model, build_model
 from fp4train.optim import OptimConfig
 from fp4train.recipes import RecipeConfig
 from fp4train.schedule import PrecisionSchedule
@@ -57,11 +57,13 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 @dataclass
 class ModelConfig:
-    """``build_model(name, size, **overrides)``; ``overrides`` are fields of the model's config."""
+    """``build_model(name, size, **overrides)``; ``overrides`` are fields of the model's config.
+    ``name="hf"``: ``build_hf_model(hf)``, any transformers causal LM (``size``/``overrides`` unused)."""
 
     name: str = "hybrid_lm"
     size: str = "micro"
     overrides: dict[str, Any] = field(default_factory=dict)
+    hf: HFModelConfig | None = None
 
 
 @dataclass
@@ -157,7 +159,7 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 def _check_pairing(cfg: TrainConfig) -> None:
     if cfg.model.name not in MODULES:
-        raise ValueError(f"unknown model {cfg.model.name!r}; valid: {sorted(REGISTRY)}")
+        raise ValueError(f"unknown model {cfg.model.name!r}; valid: {sorted(MODULES)}")
     task = MODULES[cfg.model.name].task
     data_task = "text" if cfg.data.name in TEXT_DATA else "vision"
     if task != data_task:
@@ -222,6 +224,15 @@ def _trainer(cfg: TrainConfig, out: Path, loggers: list[Logger], callbacks: list
     )
 
 
+def _build_model(cfg: ModelConfig, data_vocab_size: int | None) -> torch.nn.Module:
+    """Our models by name and size; ``hf`` from ``cfg.hf``, its vocabulary the data's by default."""
+    if cfg.name != "hf":
+        return build_model(cfg.name, cfg.size, **cfg.overrides)
+    if cfg.overrides:
+        raise ValueError(f"model=hf takes its settings in model.hf (model_type, path, config), not model.overrides {cfg.overrides}")
+    return build_hf_model(cfg.hf or HFModelConfig(), data_vocab_size)
+
+
 def train(cfg: TrainConfig, overrides: list[str] | None = None) -> TrainResult:
     """Build data, model (converted to ``cfg.quant`` before the optimizer exists), module,
     loggers and trainer; fit. ``overrides`` (the command line's) only label the run."""
@@ -233,7 +244,7 @@ def train(cfg: TrainConfig, overrides: list[str] | None = None) -> TrainResult:
         torch.set_num_threads(cfg.trainer.torch_threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_set, val_set = build_datasets(cfg.data.name, **cfg.data.options)
-    model = build_model(cfg.model.name, cfg.model.size, **cfg.model.overrides)
+    model = _build_model(cfg.model, getattr(train_set, "vocab_size", None))
     report = convert(model, cfg.quant)
     print(report, flush=True)
     (out / "conversion.md").write_text(str(report) + "\n")
