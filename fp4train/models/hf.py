@@ -22,6 +22,7 @@ transformer's layer list as ``blocks`` for the recipes' first/last-block rules.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from torch import nn
 
 __all__ = ["BYTE_VOCAB", "HFCausalLM", "HFModelConfig", "build_hf_model", "import_transformers"]
 
+log = logging.getLogger(__name__)
 BYTE_VOCAB = 256
 INSTALL_HINT = 'pip install -e ".[hf]"  (or: pip install "transformers>=5.17")'
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -185,6 +187,10 @@ def build_hf_model(cfg: HFModelConfig, data_vocab_size: int | None = None) -> HF
             if folder else "model.hf.load_weights=true needs model.hf.path (a folder with the weights)"
         )
     if has_weights and cfg.load_weights is not False:
+        if data_vocab_size and data_vocab_size != config.vocab_size:
+            log.warning("model.hf.path %s: pretrained vocabulary of %d tokens, data of %d: train on token "
+                        "files from its tokenizer (data=token_file) for its embeddings to mean anything",
+                        cfg.path, config.vocab_size, data_vocab_size)
         model, info = transformers.AutoModelForCausalLM.from_pretrained(
             folder, config=config, local_files_only=True, output_loading_info=True, **kwargs
         )

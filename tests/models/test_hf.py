@@ -213,3 +213,12 @@ def test_model_overrides_are_refused_for_hf_with_where_its_settings_go(tmp_path)
                       logger=LoggerConfig(wandb=False), out_dir=str(tmp_path))
     with pytest.raises(ValueError, match=r"model=hf takes its settings in model.hf .*\{'d_model': 64\}"):
         train(cfg)
+
+
+def test_byte_data_for_a_pretrained_vocabulary_is_warned_about(tmp_path, caplog):
+    torch.manual_seed(0)
+    build_hf_model(HFModelConfig(model_type="llama", config={**LLAMA, "vocab_size": 512})).model.save_pretrained(tmp_path)
+    with caplog.at_level("WARNING", logger="fp4train.models.hf"):
+        model = build_hf_model(HFModelConfig(path=str(tmp_path)), data_vocab_size=256)
+    assert model.model.config.vocab_size == 512
+    assert "pretrained vocabulary of 512 tokens, data of 256" in caplog.text
