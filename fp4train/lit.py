@@ -281,4 +281,6 @@ class ImageClassifierModule(TrainModule):
 
 
 # model name -> its LightningModule
-MODULES: dict[str, type[TrainModule]] = {"hybrid_lm": LanguageModelModule, "vit": ImageClassifierModule}
+MODULES: dict[str, type[TrainModule]] = {
+    "hybrid_lm": LanguageModelModule, "vit": ImageClassifierModule, "hf": LanguageModelModule,
+}

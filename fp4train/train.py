@@ -54,7 +54,7 @@ from fp4train.graphs import check_one_process
 from fp4train.lit import DIVERGED_FILE, IDENTITY_KEY, MODULES, StepDataModule, TrainModule
 from fp4train.loggers import ResumableCSVLogger
 from fp4train.logs import quiet_library_noise, route_lightning_logs, use_stdout_if_unconfigured
-from fp4train.models import REGISTRY, build_model
+from fp4train.models import HFModelConfig, build_hf_model, build_model
 from fp4train.models.compile import compile_blocks
 from fp4train.optim import OptimConfig
 from fp4train.recipes import OPERANDS, SR_SCOPES, RecipeConfig, build_recipe
@@ -76,12 +76,14 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 class ModelConfig:
     """``build_model(name, size, **overrides)``; ``overrides`` are fields of the model's config.
     ``compile_blocks``: ``torch.compile`` each block after conversion, quantized layers and the
-    Mamba-2 scan left eager (``fp4train.models.compile``)."""
+    Mamba-2 scan left eager (``fp4train.models.compile``). ``name="hf"``: ``build_hf_model(hf)``,
+    any transformers causal LM (``size``/``overrides`` unused)."""
 
     name: str = "hybrid_lm"
     size: str = "micro"
     overrides: dict[str, Any] = field(default_factory=dict)
     compile_blocks: bool = False
+    hf: HFModelConfig | None = None
 
 
 @dataclass
@@ -192,7 +194,7 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 def check_config(cfg: TrainConfig) -> None:
     """The checks of ``cfg`` that need no data, model or hardware; ``ConfigError`` names the field."""
     if cfg.model.name not in MODULES:
-        raise ConfigError(f"unknown model {cfg.model.name!r}; valid: {sorted(REGISTRY)}")
+        raise ConfigError(f"unknown model {cfg.model.name!r}; valid: {sorted(MODULES)}")
     task = MODULES[cfg.model.name].task
     data_task = "text" if cfg.data.name in TEXT_DATA else "vision"
     if task != data_task:
@@ -229,10 +231,11 @@ def _config_errors(what: str) -> Iterator[None]:
         raise ConfigError(f"{what}: {e}") from e
 
 
-def build_converted_model(cfg: TrainConfig) -> tuple[nn.Module, ConversionReport]:
-    """``cfg``'s model, converted to its recipe (``ConfigError`` for bad model or recipe settings)."""
+def build_converted_model(cfg: TrainConfig, data_vocab_size: int | None = None) -> tuple[nn.Module, ConversionReport]:
+    """``cfg``'s model, converted to its recipe (``ConfigError`` for bad model or recipe settings).
+    ``data_vocab_size``: the text data's vocabulary, which a ``model=hf`` model takes by default."""
     with _config_errors(f"model {cfg.model.name!r} (size {cfg.model.size!r})"):
-        model = build_model(cfg.model.name, cfg.model.size, **cfg.model.overrides)
+        model = _build_model(cfg.model, data_vocab_size)
     with _config_errors(f"recipe {cfg.quant.name!r}"):
         report = convert(model, cfg.quant)
     return model, report
@@ -379,6 +382,15 @@ def _trainer(cfg: TrainConfig, out: Path, loggers: list[Logger], callbacks: list
     )
 
 
+def _build_model(cfg: ModelConfig, data_vocab_size: int | None) -> torch.nn.Module:
+    """Our models by name and size; ``hf`` from ``cfg.hf``, its vocabulary the data's by default."""
+    if cfg.name != "hf":
+        return build_model(cfg.name, cfg.size, **cfg.overrides)
+    if cfg.overrides:
+        raise ValueError(f"model=hf takes its settings in model.hf (model_type, path, config), not model.overrides {cfg.overrides}")
+    return build_hf_model(cfg.hf or HFModelConfig(), data_vocab_size)
+
+
 def train(cfg: TrainConfig, overrides: list[str] | None = None) -> TrainResult:
     """Build data, model (converted to ``cfg.quant`` before the optimizer exists), module,
     loggers and trainer; fit; log the summary. ``overrides`` (the command line's) only label
@@ -397,7 +409,7 @@ def train(cfg: TrainConfig, overrides: list[str] | None = None) -> TrainResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     with _config_errors(f"data {cfg.data.name!r}"):
         train_set, val_set = build_datasets(cfg.data.name, **cfg.data.options)
-    model, report = build_converted_model(cfg)
+    model, report = build_converted_model(cfg, getattr(train_set, "vocab_size", None))
     _check_geometry(cfg, model, train_set)
     if cfg.model.compile_blocks:
         compile_blocks(model, eager=(QuantLinear,))

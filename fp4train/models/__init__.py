@@ -1,6 +1,8 @@
-"""Models as plain ``nn.Module``s: a DeiT-style ViT and a Nemotron-H-style hybrid LM.
+"""Models as plain ``nn.Module``s: a DeiT-style ViT and a Nemotron-H-style hybrid LM (named
+sizes in ``REGISTRY``), and any ``transformers`` causal LM (``hf.build_hf_model``; optional
+package, imported only when such a model is built).
 
-Both expose ``model.blocks`` (an ``nn.ModuleList`` of the per-layer blocks, in order) and keep
+All expose ``model.blocks`` (an ``nn.ModuleList`` of the per-layer blocks, in order) and keep
 every GEMM-carrying projection an ``nn.Linear``; embeddings and heads sit outside ``blocks``.
 """
 
@@ -12,6 +14,7 @@ import torch
 from torch import nn
 
 from . import hybrid_lm, vit
+from .hf import HFCausalLM, HFModelConfig, build_hf_model
 from .hybrid_lm import HybridLM, HybridLMConfig
 from .mamba2 import Mamba2Mixer, RMSNorm, ssd_chunked, ssd_naive
 from .vit import ViT, ViTConfig
@@ -58,6 +61,8 @@ def param_count_table() -> str:
 
 
 __all__ = [
+    "HFCausalLM",
+    "HFModelConfig",
     "HybridLM",
     "HybridLMConfig",
     "Mamba2Mixer",
@@ -65,6 +70,7 @@ __all__ = [
     "REGISTRY",
     "ViT",
     "ViTConfig",
+    "build_hf_model",
     "build_model",
     "model_config",
     "param_count_table",
