@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch.distributed.tensor import DTensor
 
 from fp4train.linear import QuantLinear
 from fp4train.optim import resolve_target
@@ -57,7 +58,10 @@ class QuantStatsLogger(L.Callback):
         self._handles = []
         metrics = {}
         for name, layer in self._layers(pl_module).items():
-            operands = {"w": ("w_fprop", layer.weight.detach())}
+            weight = layer.weight.detach()
+            if isinstance(weight, DTensor):  # trainer=fsdp: this rank's shard; the stats are the whole weight's
+                weight = weight.full_tensor()
+            operands = {"w": ("w_fprop", weight)}
             if name in self._inputs:
                 operands["x"] = ("x_fprop", self._inputs[name])
             for key, (operand, tensor) in operands.items():

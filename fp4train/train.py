@@ -36,11 +36,11 @@ from fp4train.callbacks import QuantStatsLogger, build_callbacks
 from fp4train.tetrajet_callbacks import QRampingCalibration
 from fp4train.convert import convert
 from fp4train.data import build_datasets
-from fp4train.graphs import check_one_process
+from fp4train.distributed import build_strategy, check_strategy, check_sweep, launch_topology
 from fp4train.lit import DIVERGED_FILE, MODULES, StepDataModule
 from fp4train.models import REGISTRY, build_model
 from fp4train.optim import OptimConfig
-from fp4train.recipes import RecipeConfig
+from fp4train.recipes import RecipeConfig, build_recipe
 from fp4train.schedule import PrecisionSchedule
 
 __all__ = [
@@ -79,9 +79,12 @@ class DataConfig:
 class TrainerConfig:
     """Lightning ``Trainer`` settings. ``precision=None``: ``bf16-mixed`` on GPU, ``32-true`` on
     CPU. Validation runs every ``val_every_n_steps`` optimizer steps on ``val_batches`` batches.
+    ``strategy``: Lightning's, or ``ddp``/``ddp_spawn``/``fsdp`` (FSDP2) as ``fp4train.distributed``
+    describes; under ``torchrun`` ``devices=auto`` takes its process counts.
     ``torch_threads``: intra-op threads (``None`` keeps torch's default). ``cuda_graph``: replay
-    the training forward and backward from CUDA graphs (one GPU; ``fp4train.graphs``) — the same
-    losses, without the per-kernel host work that bounds small models' steps."""
+    the training forward and backward from CUDA graphs (one GPU per process, one process or DDP;
+    ``fp4train.graphs``) — the same losses, without the per-kernel host work that bounds small
+    models' steps."""
 
     max_steps: int = 200
     accelerator: str = "auto"
@@ -211,9 +214,10 @@ def _callbacks(cfg: TrainConfig, out: Path) -> list[L.Callback]:
 def _trainer(cfg: TrainConfig, out: Path, loggers: list[Logger], callbacks: list[L.Callback]) -> L.Trainer:
     t = cfg.trainer
     precision = t.precision or ("bf16-mixed" if torch.cuda.is_available() else "32-true")
+    devices, num_nodes = launch_topology(t.devices, t.num_nodes)
     return L.Trainer(
         default_root_dir=str(out), max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator,
-        devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes, precision=precision,
+        devices=devices, strategy=build_strategy(t.strategy), num_nodes=num_nodes, precision=precision,
         gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
         val_check_interval=t.val_every_n_steps * t.accumulate_grad_batches, check_val_every_n_epoch=None,
         limit_val_batches=t.val_batches, num_sanity_val_steps=0, log_every_n_steps=t.log_every_n_steps,
@@ -226,6 +230,7 @@ def train(cfg: TrainConfig, overrides: list[str] | None = None) -> TrainResult:
     """Build data, model (converted to ``cfg.quant`` before the optimizer exists), module,
     loggers and trainer; fit. ``overrides`` (the command line's) only label the run."""
     _check_pairing(cfg)
+    check_strategy(cfg.trainer.strategy, cfg.trainer.precision, cfg.trainer.cuda_graph, build_recipe(cfg.quant))
     overrides = list(overrides or [])
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,8 +249,6 @@ def train(cfg: TrainConfig, overrides: list[str] | None = None) -> TrainResult:
     data = StepDataModule(train_set, val_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
     loggers = _loggers(cfg, out, overrides)
     trainer = _trainer(cfg, out, loggers, _callbacks(cfg, out))
-    if cfg.trainer.cuda_graph:
-        check_one_process(trainer.world_size)  # before any process is started
     try:
         trainer.fit(module, datamodule=data, ckpt_path=cfg.checkpoint.resume)
     except SIGTERMException:
@@ -275,6 +278,8 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the final validation (else training) loss for sweepers."""
     hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        check_sweep(cfg.trainer.strategy)
     result = train(to_train_config(cfg), list(hc.overrides.task))
     if result.status == "diverged":
         print(result.message, file=sys.stderr, flush=True)
