@@ -3,6 +3,7 @@
 # the small hybrid LM under NVFP4, STEPS steps of 8 x 1024 tokens, through the real entry point.
 #
 #   bash experiments/bench/distributed_gpu_check.sh [OUT_DIR]     (default: outputs/distributed_gpu_check)
+#   SMOKE=1 bash experiments/bench/distributed_gpu_check.sh OUT   (CPU: a tiny model, 3 steps, no graphs)
 #
 # Runs: single (strategy auto), ddp (torchrun, 1 process), ddp_graph (torchrun, 1 process,
 # trainer.cuda_graph=true), fsdp (1 device; bf16 parameters, fp32 reduction), then the fsdp run's
@@ -31,10 +32,18 @@ for name in ("lightning", "pytorch_lightning"):
     print(f"{name}: {__import__(name).__version__ if spec else 'not installed'}")
 EOF
 
-COMMON=(model=hybrid_lm model.size=small quant=nvfp4 data=stdlib_text data.batch_size=8 data.options.seq_len=1024
-        "trainer.max_steps=$STEPS" trainer.val_every_n_steps=100000 trainer.enable_progress_bar=false logger=csv
-        logger.quant_stats_every_n_steps=0 checkpoint.every_n_steps=0 checkpoint.save_last=false optim.warmup_steps=2)
-NGPU=$(python -c "import torch; print(torch.cuda.device_count())")
+COMMON=(model=hybrid_lm quant=nvfp4 data=stdlib_text data.batch_size=8 trainer.val_every_n_steps=100000
+        trainer.enable_progress_bar=false logger=csv logger.quant_stats_every_n_steps=0 checkpoint.every_n_steps=0
+        checkpoint.save_last=false optim.warmup_steps=2)
+if [ "${SMOKE:-0}" = 1 ]; then  # the script's own check on a CPU
+  COMMON+=(+model.overrides.pattern=M*- +model.overrides.d_model=64 +model.overrides.mamba_head_dim=8
+           +model.overrides.mamba_d_state=16 data.options.seq_len=32 quant.bf16_first_blocks=0
+           quant.bf16_last_blocks=1 trainer.max_steps=3 trainer.accelerator=cpu)
+  NGPU=0
+else
+  COMMON+=(model.size=small data.options.seq_len=1024 "trainer.max_steps=$STEPS")
+  NGPU=$(python -c "import torch; print(torch.cuda.device_count())")
+fi
 FAILED=0
 
 run() {  # name, command...
@@ -50,9 +59,10 @@ run() {  # name, command...
 }
 
 TORCHRUN=(python -m torch.distributed.run --standalone)
-run single python -m fp4train.train "${COMMON[@]}"
+run single python -m fp4train.train "${COMMON[@]}" trainer.devices=1
 run ddp "${TORCHRUN[@]}" --nproc_per_node 1 -m fp4train.train "${COMMON[@]}" trainer=ddp
-run ddp_graph "${TORCHRUN[@]}" --nproc_per_node 1 -m fp4train.train "${COMMON[@]}" trainer=ddp trainer.cuda_graph=true
+[ "$NGPU" -ge 1 ] && run ddp_graph "${TORCHRUN[@]}" --nproc_per_node 1 -m fp4train.train "${COMMON[@]}" trainer=ddp \
+  trainer.cuda_graph=true
 run fsdp python -m fp4train.train "${COMMON[@]}" trainer=fsdp trainer.devices=1 checkpoint.save_last=true
 if [ "$NGPU" -ge 2 ]; then
   run ddp2 "${TORCHRUN[@]}" --nproc_per_node 2 -m fp4train.train "${COMMON[@]}" trainer=ddp
@@ -92,15 +102,20 @@ for name, (loss, _) in runs.items():
 
 ckpt = out / "fsdp" / "checkpoints" / "last.ckpt"
 if ckpt.is_dir():
+    from omegaconf import OmegaConf
+
     from fp4train.convert import convert
     from fp4train.distributed import consolidate, load_model_state
     from fp4train.models import build_model
-    from fp4train.recipes import RecipeConfig
+    from fp4train.train import to_train_config
 
+    raw = OmegaConf.load(out / "fsdp" / ".hydra" / "config.yaml")
+    raw.out_dir = str(out / "fsdp")  # saved as ${hydra:runtime.output_dir}
+    cfg = to_train_config(raw)
     full = consolidate(ckpt)
     state = load_model_state(full)
-    model = build_model("hybrid_lm", "small")
-    convert(model, RecipeConfig("nvfp4"))
+    model = build_model(cfg.model.name, cfg.model.size, **cfg.model.overrides)
+    convert(model, cfg.quant)
     model.load_state_dict(state, strict=True)  # every key and shape of the one-process model
     finite = all(torch.isfinite(p).all() for p in model.parameters())
     ok &= finite
