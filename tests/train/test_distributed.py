@@ -251,3 +251,31 @@ def test_the_slurm_launcher_runs_ddp_by_default_and_fsdp_when_asked():
         assert cfg.trainer.strategy == strategy and cfg.trainer.accelerator == "gpu"
         launcher = cfg.hydra.launcher
         assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)  # one task per GPU
+
+
+@pytest.mark.parametrize("bf16, compute_dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_fsdp_mixed_precision_gathers_bf16_weights_and_keeps_fp32_master_shards(tmp_path, bf16, compute_dtype):
+    """``shard_model(bf16=True)`` (trainer.precision=bf16-mixed): a QuantLinear sees its whole weight
+    in BF16 in forward, while the sharded master weight and its gradient stay FP32."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+
+    from fp4train.distributed import shard_model
+    from fp4train.linear import QuantLinear
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = build_model("hybrid_lm", "micro", pattern="M*-", d_model=64, mamba_head_dim=8, mamba_d_state=16)
+        convert(model, RecipeConfig("nvfp4", bf16_first_blocks=0, bf16_last_blocks=1))
+        shard_model(model, init_device_mesh("cpu", (1,)), bf16=bf16)
+        layer = model.blocks[0].mixer.in_proj
+        assert isinstance(layer, QuantLinear)
+        seen = []
+        layer.register_forward_pre_hook(lambda m, _args: seen.append((type(m.weight), m.weight.dtype, m.weight.shape)))
+        model(torch.randint(0, 256, (2, 32))).float().sum().backward()
+        assert seen == [(torch.nn.Parameter, compute_dtype, torch.Size([336, 64]))]
+        assert isinstance(layer.weight, DTensor) and layer.weight.dtype == torch.float32
+        assert layer.weight.grad.dtype == torch.float32
+    finally:
+        dist.destroy_process_group()
