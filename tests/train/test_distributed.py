@@ -279,3 +279,66 @@ def test_fsdp_mixed_precision_gathers_bf16_weights_and_keeps_fp32_master_shards(
         assert layer.weight.grad.dtype == torch.float32
     finally:
         dist.destroy_process_group()
+
+
+def test_ddp_reduces_what_a_graphed_backward_hands_over_and_nothing_during_capture(tmp_path):
+    """The reasoning behind CUDA graphs under DDP (fp4train.graphs.check_graph_strategy), on the
+    CPU: ``make_graphed_callables``' autograd structure without the CUDA graph — capture passes that
+    take gradients with ``torch.autograd.grad`` inside DDP's forward, then one autograd node whose
+    backward hands every parameter its gradient. DDP's reducer (seen through a comm hook) runs for
+    the handed-over gradients only, once per step, and the reduced gradient is the eager one."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    class Graphed(torch.autograd.Function):  # what make_graphed_callables returns, minus the graph
+        @staticmethod
+        def forward(ctx, x, inner, *params):
+            with torch.enable_grad():
+                ctx.out, ctx.inputs = inner(x), (x, *params)
+            return ctx.out.detach()
+
+        @staticmethod
+        def backward(ctx, grad):
+            x_grad, *param_grads = torch.autograd.grad(ctx.out, ctx.inputs, grad)
+            return x_grad, None, *param_grads
+
+    class Outer(torch.nn.Module):  # Lightning's module around the model; DDP wraps this one
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+
+        def forward(self, x, capture_passes=0):
+            for _ in range(capture_passes):  # make_graphed_callables' warm-up and capture
+                out = self.inner(x)
+                torch.autograd.grad(out, tuple(self.inner.parameters()), torch.ones_like(out))
+            return Graphed.apply(x, self.inner, *self.inner.parameters())
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        outer = Outer()
+        reference = [p.detach().clone() for p in outer.inner.parameters()]
+        ddp = DDP(outer)
+        reduced = []
+
+        def hook(state, bucket):
+            reduced.append(bucket.buffer().clone())
+            fut = torch.futures.Future()
+            fut.set_result(bucket.buffer())
+            return fut
+
+        ddp.register_comm_hook(None, hook)
+        x = torch.randn(3, 8, requires_grad=True)
+        ddp(x, capture_passes=4).sum().backward()
+        assert len(reduced) == 1  # one bucket, reduced once: the capture passes reduced nothing
+        eager = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+        with torch.no_grad():
+            for p, value in zip(eager.parameters(), reference):
+                p.copy_(value)
+        eager(x.detach()).sum().backward()
+        for p, e in zip(outer.inner.parameters(), eager.parameters()):
+            torch.testing.assert_close(p.grad, e.grad, rtol=0, atol=0)
+        ddp(x).sum().backward()  # the next step: reduced again
+        assert len(reduced) == 2
+    finally:
+        dist.destroy_process_group()
