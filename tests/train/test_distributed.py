@@ -15,7 +15,7 @@ What equality to expect, and why:
 * With gradient clipping (``trainer.gradient_clip_val``, default 1.0) FSDP sums the global norm
   per shard and then across ranks, DDP per whole gradient: the clip factor differs in its last
   bits, and so do the weights (at most 1.2e-7 measured after 4 steps; tolerance 1e-6).
-* A resumed FSDP run (sharded checkpoint) equals the uninterrupted one bit for bit, SR included.
+* A resumed run equals the uninterrupted one bit for bit, SR included (FSDP: a sharded checkpoint).
 """
 
 from __future__ import annotations
@@ -70,13 +70,13 @@ def _wait(started: tuple[subprocess.Popen, Path]) -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """The runs the tests read (4 of 2 processes, 1 in this process), each made once, three of
-    them at the same time; ``ddp_log``: the DDP run's output."""
+    """The runs the tests read (5 of 2 processes, 1 in this process), each made once, up to three
+    at the same time; ``ddp_log``: the DDP run's output."""
     root = tmp_path_factory.mktemp("distributed")
-    out: dict = {name: root / name for name in ("ddp", "fsdp", "resumed", "fsdp_exact", "one_exact")}
+    out: dict = {name: root / name for name in ("ddp", "fsdp", "ddp_resumed", "resumed", "fsdp_exact", "one_exact")}
     started = []
     try:
-        started.append(ddp := _start([*TORCHRUN, *COMMON, "trainer=ddp"], out["ddp"]))
+        started.append(ddp := _start([*TORCHRUN, *COMMON, "trainer=ddp", "checkpoint.every_n_steps=2"], out["ddp"]))
         # Lightning starts rank 1 itself (no torchrun): the other documented launch
         started.append(fsdp := _start([*TRAIN, *COMMON, "trainer=fsdp", "trainer.devices=2",
                                        "checkpoint.every_n_steps=2"], out["fsdp"]))
@@ -87,11 +87,15 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         finally:
             torch.set_num_threads(threads)
         out["ddp_log"] = _wait(ddp)
+        started.append(ddp_resumed := _start([*TORCHRUN, *COMMON, "trainer=ddp",
+                                              f"checkpoint.resume={out['ddp'] / 'checkpoints' / 'step_2.ckpt'}"],
+                                             out["ddp_resumed"]))
         _wait(fsdp)
         started.append(resumed := _start([*TORCHRUN, *COMMON, "trainer=fsdp",
                                           f"checkpoint.resume={out['fsdp'] / 'checkpoints' / 'step_2.ckpt'}"],
                                          out["resumed"]))
         _wait(exact)
+        _wait(ddp_resumed)
         _wait(resumed)
     finally:  # after a failure, end the runs still going (their whole process groups)
         for proc, _ in started:
@@ -148,15 +152,21 @@ def test_two_fsdp_processes_equal_one_process_with_two_micro_batches_bit_for_bit
     assert full["blocks.0.mixer.in_proj._extra_state"] == {"sr_step": 4}
 
 
-def test_fsdp_resumed_from_a_sharded_checkpoint_equals_the_uninterrupted_run(runs):
-    ckpt = runs["fsdp"] / "checkpoints" / "step_2.ckpt"
-    assert ckpt.is_dir() and (ckpt / ".metadata").is_file()  # sharded: one file per rank
+@pytest.mark.parametrize("strategy, resumed", [("fsdp", "resumed"), ("ddp", "ddp_resumed")])
+def test_a_resumed_run_equals_the_uninterrupted_run(runs, strategy, resumed):
+    """From step 2 on, SR included: weights, optimizer, SR step counters and data order restored.
+    FSDP's checkpoint is a sharded folder, DDP's rank 0's single file."""
+    ckpt = runs[strategy] / "checkpoints" / "step_2.ckpt"
+    assert ckpt.is_dir() == (strategy == "fsdp")
+    if strategy == "fsdp":
+        assert (ckpt / ".metadata").is_file()  # torch.distributed.checkpoint: one file per rank
     assert load_model_state(ckpt)["blocks.0.mixer.in_proj._extra_state"] == {"sr_step": 2}
-    full = {k: v for k, v in _losses_by_rank(runs["fsdp"]).items() if k[0] >= 2}
-    assert _losses_by_rank(runs["resumed"]) == full
+    full = {k: v for k, v in _losses_by_rank(runs[strategy]).items() if k[0] >= 2}
+    assert _losses_by_rank(runs[resumed]) == full
     for key in ("train/loss", "val/loss", "train/lr"):
-        assert read_metrics(runs["resumed"], key) == {s: v for s, v in read_metrics(runs["fsdp"], key).items() if s >= 2}
-    a, b = _weights(runs["fsdp"]), _weights(runs["resumed"])
+        expected = {s: v for s, v in read_metrics(runs[strategy], key).items() if s >= 2}
+        assert read_metrics(runs[resumed], key) == expected
+    a, b = _weights(runs[strategy]), _weights(runs[resumed])
     assert [name for name in a if not torch.equal(a[name], b[name])] == []
 
 
