@@ -20,6 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.distributed.tensor import DTensor
 
 from fp4train.linear import QuantLinear
 from fp4train.optim import resolve_target
@@ -84,7 +85,10 @@ class QuantStatsLogger(L.Callback):
         self._handles = []
         metrics = {}
         for name, layer in self._layers(pl_module).items():
-            tensors = {"w": layer.weight.detach(), **self._captured.get(name, {})}
+            weight = layer.weight.detach()
+            if isinstance(weight, DTensor):  # trainer=fsdp: this rank's shard; the stats are the whole weight's
+                weight = weight.full_tensor()
+            tensors = {"w": weight, **self._captured.get(name, {})}
             for key, (operand, source, transposed) in self.OPERANDS.items():
                 spec = layer.operand_spec(operand)
                 if spec.is_identity or source not in tensors:

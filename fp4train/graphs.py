@@ -26,7 +26,7 @@ import gc
 import torch
 from torch import nn
 
-__all__ = ["TrainingGraph", "capture_training_graph", "check_one_process", "graph_key", "has_hooks"]
+__all__ = ["TrainingGraph", "capture_training_graph", "check_graph_strategy", "graph_key", "has_hooks"]
 
 
 class _Forward(nn.Module):
@@ -82,11 +82,29 @@ class TrainingGraph:
         gc.collect()
 
 
-def check_one_process(world_size: int) -> None:
-    """CUDA-graph training runs in one process: ``ValueError`` naming the world size otherwise
-    (DDP's gradient all-reduce is not captured with the graph)."""
-    if world_size > 1:
-        raise ValueError(f"trainer.cuda_graph runs on one device; this run has {world_size} processes")
+def check_graph_strategy(strategy: str) -> None:
+    """CUDA-graph training runs in one process or under DDP; ``ValueError`` naming the strategy
+    otherwise (``trainer.strategy``: ``auto``/``single_device``, or a ``ddp`` variant).
+
+    Under DDP this is PyTorch's *partial-network capture* (CUDA semantics notes, "Usage with
+    DistributedDataParallel"): the model's forward and backward are graphed, DDP's gradient
+    all-reduce is not. DDP reduces through hooks on the parameters' gradient accumulators; the
+    graphed backward is one autograd node that hands every parameter its gradient when it ends,
+    so the hooks fire then and the buckets are all-reduced eagerly after the replayed backward
+    (no overlap of communication with the backward compute). ``make_graphed_callables``'
+    warm-up and capture passes take gradients with ``torch.autograd.grad``, which runs no
+    gradient accumulator, so they reduce nothing. Only the inner model is graphed, never the DDP
+    wrapper, so DDP's own forward (buffer broadcast, ``prepare_for_backward``) stays eager.
+
+    FSDP is refused: its all-gathers and reduce-scatters run in hooks on each block, which a
+    replay would skip (a capture of them would need the collectives inside the graph)."""
+    if strategy in ("auto", "single_device") or strategy.startswith("ddp"):
+        return
+    raise ValueError(
+        f"trainer.cuda_graph=true runs in one process or under DDP (trainer=ddp, trainer=ddp_spawn); "
+        f"trainer.strategy={strategy!r} is not supported"
+        + (": FSDP gathers each block's weights in module hooks, which a graph replay skips" if strategy == "fsdp" else "")
+    )
 
 
 def has_hooks(model: nn.Module) -> bool:

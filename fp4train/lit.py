@@ -34,7 +34,8 @@ from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fp4train.graphs import TrainingGraph, capture_training_graph, check_one_process, graph_key, has_hooks
+from fp4train.distributed import shard_model
+from fp4train.graphs import TrainingGraph, capture_training_graph, graph_key, has_hooks
 from fp4train.optim import OptimConfig, build_optimizer, build_scheduler
 from fp4train.schedule import PrecisionSchedule
 
@@ -146,12 +147,20 @@ class TrainModule(L.LightningModule):
                 log.info("trainer.cuda_graph: steps on which a module has a hook (e.g. quant-stats logging "
                          "steps) run eagerly; first at step %d", self.global_step)
             return self.model(x)
-        check_one_process(self.trainer.world_size)
         key = (tuple(x.shape), x.dtype, graph_key(self.model))
         if self._graph is None or self._graph[0] != key:
             self._release_graph()  # its memory goes back to the pool before the new capture
             self._graph = (key, capture_training_graph(self.model, (x,)))
         return self._graph[1](x)
+
+    def configure_model(self) -> None:
+        """Under ``trainer.strategy=fsdp`` (Lightning's ``ModelParallelStrategy`` sets
+        ``device_mesh``): shard the model with FSDP2, BF16 parameters under ``bf16-mixed``
+        (``fp4train.distributed.shard_model``). A no-op under other strategies."""
+        from torch.distributed.fsdp import FSDPModule
+
+        if self.device_mesh is not None and not isinstance(self.model, FSDPModule):
+            shard_model(self.model, self.device_mesh["data_parallel"], bf16=self.trainer.precision == "bf16-mixed")
 
     def _release_graph(self) -> None:
         if self._graph is not None:

@@ -49,8 +49,8 @@ from fp4train.tetrajet_callbacks import QRampingCalibration
 from fp4train.convert import ConversionReport, convert
 from fp4train.linear import QuantLinear
 from fp4train.data import build_datasets
+from fp4train.distributed import build_strategy, check_strategy, check_sweep, launch_topology
 from fp4train.errors import ConfigError
-from fp4train.graphs import check_one_process
 from fp4train.lit import DIVERGED_FILE, IDENTITY_KEY, MODULES, StepDataModule, TrainModule
 from fp4train.loggers import ResumableCSVLogger
 from fp4train.logs import quiet_library_noise, route_lightning_logs, use_stdout_if_unconfigured
@@ -101,9 +101,12 @@ class DataConfig:
 class TrainerConfig:
     """Lightning ``Trainer`` settings. ``precision=None``: ``bf16-mixed`` on GPU, ``32-true`` on
     CPU. Validation runs every ``val_every_n_steps`` optimizer steps on ``val_batches`` batches.
+    ``strategy``: Lightning's, or ``ddp``/``ddp_spawn``/``fsdp`` (FSDP2) as ``fp4train.distributed``
+    describes; under ``torchrun`` ``devices=auto`` takes its process counts.
     ``torch_threads``: intra-op threads (``None`` keeps torch's default). ``cuda_graph``: replay
-    the training forward and backward from CUDA graphs (one GPU; ``fp4train.graphs``) — the same
-    losses, without the per-kernel host work that bounds small models' steps."""
+    the training forward and backward from CUDA graphs (one GPU per process, one process or DDP;
+    ``fp4train.graphs``) — the same losses, without the per-kernel host work that bounds small
+    models' steps."""
 
     max_steps: int = 200
     accelerator: str = "auto"
@@ -371,9 +374,10 @@ def _callbacks(cfg: TrainConfig, out: Path) -> list[L.Callback]:
 def _trainer(cfg: TrainConfig, out: Path, loggers: list[Logger], callbacks: list[L.Callback]) -> L.Trainer:
     t = cfg.trainer
     precision = t.precision or ("bf16-mixed" if torch.cuda.is_available() else "32-true")
+    devices, num_nodes = launch_topology(t.devices, t.num_nodes)
     return L.Trainer(
         default_root_dir=str(out), max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator,
-        devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes, precision=precision,
+        devices=devices, strategy=build_strategy(t.strategy), num_nodes=num_nodes, precision=precision,
         gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
         val_check_interval=t.val_every_n_steps * t.accumulate_grad_batches, check_val_every_n_epoch=None,
         limit_val_batches=t.val_batches, num_sanity_val_steps=0, log_every_n_steps=t.log_every_n_steps,
@@ -400,6 +404,8 @@ def train(cfg: TrainConfig, overrides: list[str] | None = None) -> TrainResult:
     check_config(cfg)
     if cfg.trainer.cuda_graph and not torch.cuda.is_available():
         raise ConfigError("trainer.cuda_graph=true needs a CUDA GPU; none is visible (set it false on CPU)")
+    with _config_errors("trainer"):  # before any process is started
+        check_strategy(cfg.trainer.strategy, cfg.trainer.precision, cfg.trainer.cuda_graph, build_recipe(cfg.quant))
     overrides = list(overrides or [])
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -433,8 +439,6 @@ def train(cfg: TrainConfig, overrides: list[str] | None = None) -> TrainResult:
             f"data.batch_size {cfg.data.batch_size} (global) is not divisible by {trainer.world_size} processes × "
             f"trainer.accumulate_grad_batches {cfg.trainer.accumulate_grad_batches}"
         )
-    if cfg.trainer.cuda_graph:
-        check_one_process(trainer.world_size)  # before any process is started
     log.info("Training %s %s on %s under recipe %s for %d steps (from step %d); output: %s", cfg.model.name,
              cfg.model.size, cfg.data.name, cfg.quant.name, cfg.trainer.max_steps, resume_step, out)
     try:
@@ -479,6 +483,9 @@ def main(cfg: DictConfig) -> float | None:
     route_lightning_logs()
     hc = HydraConfig.get()
     try:
+        if hc.mode == RunMode.MULTIRUN:
+            with _config_errors("trainer.strategy"):
+                check_sweep(cfg.trainer.strategy)
         result = train(to_train_config(cfg), list(hc.overrides.task))
     except ConfigError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -131,16 +131,6 @@ def test_steps_with_hooked_modules_run_eagerly(caplog):
         module(x)
 
 
-def test_cuda_graph_with_several_processes_is_refused_before_they_start(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # past the GPU check, on the CPU
-    cfg = TrainConfig(model=ModelConfig("hybrid_lm", "micro"), data=DataConfig("stdlib_text"),
-                      trainer=TrainerConfig(cuda_graph=True, accelerator="cpu", devices=2, strategy="ddp_spawn",
-                                            precision="32-true"),
-                      logger=LoggerConfig(wandb=False), out_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="runs on one device; this run has 2 processes"):
-        train(cfg)
-
-
 def test_the_module_captures_once_per_shape_and_graph_key_and_releases_old_graphs(monkeypatch):
     """``TrainModule.forward`` with ``cuda_graph``: one capture per (input shape, ``graph_key``),
     the previous graph released before the next capture and at the end of training. The capture
