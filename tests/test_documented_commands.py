@@ -65,6 +65,11 @@ def _commands_in_line(text: str) -> list[str]:
     return commands
 
 
+def _join(command: str, continuation: str) -> str:
+    """A command and its next line, a trailing shell line continuation (``\\``) dropped."""
+    return command.removesuffix("\\").rstrip() + " " + continuation
+
+
 def markdown_commands(text: str) -> list[str]:
     """Commands in fenced shell blocks (an indented line after a command continues it) and in
     inline code spans (which may wrap a line) outside fences."""
@@ -82,8 +87,9 @@ def markdown_commands(text: str) -> list[str]:
             if found:
                 commands += found
                 previous = len(commands) - 1
-            elif previous is not None and line[:1].isspace() and not line.strip().startswith("#") and line.strip():
-                commands[previous] += " " + line.strip()
+            elif previous is not None and (line[:1].isspace() or commands[previous].endswith("\\")) \
+                    and not line.strip().startswith("#") and line.strip():
+                commands[previous] = _join(commands[previous], line.strip())
             else:
                 previous = None
     for span in re.findall(r"`([^`]+)`", "\n".join(outside)):
@@ -94,14 +100,21 @@ def markdown_commands(text: str) -> list[str]:
 
 
 def yaml_commands(text: str) -> list[str]:
-    """Commands in ``# …`` comment lines: the line itself, or its inline code spans if it has any."""
-    commands = []
+    """Commands in ``# …`` comment lines: the line itself, or its inline code spans if it has any;
+    a command ending in a backslash continues on the next comment line."""
+    commands: list[str] = []
+    continued = False
     for line in text.splitlines():
         if not line.lstrip().startswith("#"):
+            continued = False
             continue
         comment = line.lstrip().lstrip("#")
-        spans = re.findall(r"`([^`]+)`", comment)
-        commands += [c for span in spans for c in _commands_in_line(span)] if spans else _commands_in_line(comment)
+        if continued:
+            commands[-1] = _join(commands[-1], comment.strip())
+        else:
+            spans = re.findall(r"`([^`]+)`", comment)
+            commands += [c for span in spans for c in _commands_in_line(span)] if spans else _commands_in_line(comment)
+        continued = bool(commands) and commands[-1].endswith("\\")
     return commands
 
 
@@ -234,12 +247,23 @@ def test_the_docs_give_the_commands_the_checker_must_see():
     assert {"python -m fp4train.train recipe=quickstart", "fp4train --help",
             "python -m fp4train.train -m recipe=tetrajet_vit quant=bf16,mxfp4,tetrajet,tetrajet_qema,tetrajet_qramping",
             "PYTHONUNBUFFERED=1 python -m experiments.bench.run --out experiments/bench/results",
-            "python -m experiments.bench.train_step --out DIR --profile",
-            "python -m fp4train.data.text prepare --out DIR [--dtype uint16|uint32] [--val-fraction 0.05] "
+            "python -m fp4train.data.text prepare --out DIR [--dtype uint8|uint16|uint32] [--val-fraction 0.05] "
             "[--block-size 16384] [--suffix .txt ...] FILES_OR_DIRS...",
             } <= set(COMMANDS)
     assert "recipes/tetrajet_vit.yaml" in COMMANDS["python -m fp4train.train recipe=tetrajet_vit"]
     assert not [c for c in COMMANDS if c.startswith("fp4train/")]  # paths in the layout block are not commands
+
+
+def test_yaml_extraction_joins_backslash_continuations():
+    text = "\n".join([
+        "# made once, then:",
+        "#   python -m fp4train.train -m recipe=x \\",
+        "#       quant=bf16,mxfp4 seed=0,1",
+        "# One run: `python -m fp4train.train quant=nvfp4` inside an allocation",
+        "key: value  # python -m not.in.a.comment.line",
+    ])
+    assert yaml_commands(text) == ["python -m fp4train.train -m recipe=x quant=bf16,mxfp4 seed=0,1",
+                                   "python -m fp4train.train quant=nvfp4"]
 
 
 def test_markdown_extraction_joins_wrapped_lines_and_drops_comments():
@@ -249,6 +273,8 @@ def test_markdown_extraction_joins_wrapped_lines_and_drops_comments():
         "pip install -e . && python -m fp4train.train quant=nvfp4   # a comment",
         "  python -m fp4train.data.text prepare --out DIR",
         "         [--dtype uint16] FILES...",
+        "python -m fp4train.train -m quant=bf16,nvfp4 \\",
+        "    seed=0,1",
         "                                         # a comment line",
         "```",
         "```python",
@@ -258,6 +284,7 @@ def test_markdown_extraction_joins_wrapped_lines_and_drops_comments():
     assert markdown_commands(text) == [
         "python -m fp4train.train quant=nvfp4",
         "python -m fp4train.data.text prepare --out DIR [--dtype uint16] FILES...",
+        "python -m fp4train.train -m quant=bf16,nvfp4 seed=0,1",
         "python -m fp4train.compare multirun/x --out report/",
     ]
 
