@@ -111,11 +111,11 @@ def launch_topology(devices: Any, num_nodes: int, env: Mapping[str, str] = os.en
 
 def check_strategy(strategy: str, precision: str | None, cuda_graph: bool, recipe: Any) -> None:
     """Refuse, before any process starts, what the strategies cannot run (``ValueError`` naming the
-    setting): CUDA graphs beyond one process or DDP (``fp4train.graphs``), ``fsdp`` with a
+    setting): CUDA graphs beyond one process or DDP (``fp4train.cuda_graphs``), ``fsdp`` with a
     precision other than ``FSDP_PRECISIONS`` or with TetraJet's Q-EMA / Q-Ramping (they keep
     whole-weight state beside the sharded weight). ``recipe``: the built ``Recipe``."""
     if cuda_graph:
-        from fp4train.graphs import check_graph_strategy
+        from fp4train.cuda_graphs import check_graph_strategy
 
         check_graph_strategy(strategy)
     if strategy != "fsdp":

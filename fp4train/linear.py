@@ -306,7 +306,7 @@ class QuantLinear(nn.Linear):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def graph_key(self) -> tuple:
-        """What a CUDA graph of this layer depends on beyond tensor values (``fp4train.graphs``)."""
+        """What a CUDA graph of this layer depends on beyond tensor values (``fp4train.cuda_graphs``)."""
         return (tuple(sorted(self.high_precision)),)
 
     def get_extra_state(self) -> dict:

@@ -12,7 +12,7 @@ and the run's identity (``run_identity``: recipe, model) in checkpoints, a valid
 last step, a stop on a non-finite loss (the step is skipped; the message names the step and the
 last finite checkpoint, which ``fp4train.callbacks.FiniteCheckpoint`` keeps in
 ``last_finite_checkpoint``), and with ``cuda_graph`` the training forward and backward replayed
-from CUDA graphs (``fp4train.graphs``; captured again when the input shape or a module's
+from CUDA graphs (``fp4train.cuda_graphs``; captured again when the input shape or a module's
 ``graph_key`` changes).
 """
 
@@ -34,10 +34,10 @@ from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from fp4train.cuda_graphs import TrainingGraph, capture_training_graph, graph_key, has_hooks
 from fp4train.distributed import shard_model
-from fp4train.graphs import TrainingGraph, capture_training_graph, graph_key, has_hooks
 from fp4train.optim import OptimConfig, build_optimizer, build_scheduler
-from fp4train.schedule import PrecisionSchedule
+from fp4train.precision_schedule import PrecisionSchedule
 
 __all__ = [
     "DIVERGED_FILE", "IDENTITY_KEY", "ImageClassifierModule", "LanguageModelModule", "MODULES", "StepDataModule",

@@ -57,8 +57,8 @@ from fp4train.logs import quiet_library_noise, route_lightning_logs, use_stdout_
 from fp4train.models import HFModelConfig, build_hf_model, build_model
 from fp4train.models.compile import compile_blocks
 from fp4train.optim import OptimConfig
+from fp4train.precision_schedule import PrecisionSchedule
 from fp4train.recipes import OPERANDS, SR_SCOPES, RecipeConfig, build_recipe
-from fp4train.schedule import PrecisionSchedule
 
 __all__ = [
     "CheckpointConfig", "DataConfig", "LoggerConfig", "ModelConfig", "TrainConfig", "TrainResult",
@@ -105,7 +105,7 @@ class TrainerConfig:
     describes; under ``torchrun`` ``devices=auto`` takes its process counts.
     ``torch_threads``: intra-op threads (``None`` keeps torch's default). ``cuda_graph``: replay
     the training forward and backward from CUDA graphs (one GPU per process, one process or DDP;
-    ``fp4train.graphs``) — the same losses, without the per-kernel host work that bounds small
+    ``fp4train.cuda_graphs``) — the same losses, without the per-kernel host work that bounds small
     models' steps."""
 
     max_steps: int = 200
