@@ -278,23 +278,25 @@ class QuantLinear(nn.Linear):
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         specs = tuple(self.operand_spec(o) for o in OPERANDS)
         keys = tuple(self._stream_key(o, s, rank) for o, s in zip(OPERANDS, specs))
-        quantizers = tuple(self.operand_quantizer(o) for o in OPERANDS)
+        quantizers = tuple(None if s.is_identity else self.operand_quantizer(o) for o, s in zip(OPERANDS, specs))
         return _CallPlan(specs, keys, quantizers, self.recipe.mx_fp8_gemm, self.recipe.double_quant, grad)
 
     def operand_quantizer(self, operand: str) -> Quantizer | None:
         """A subclass's replacement of ``quantize`` for ``operand`` (one of ``OPERANDS``), called as
         ``quantizer(t, spec, generator=stream)`` (``generator``: the operand's SR stream, ``None``
         for round to nearest) on the tensor in the layout the GEMM reduces (blocks along the last
-        dimension); ``None``: ``quantize``. Asked once per forward call: what it returns quantizes
-        that operand in this call, in forward or backward, so it must not read layer state that
-        may change in between (bind the values it needs)."""
+        dimension); ``None``: ``quantize``. Asked once per forward call for each operand whose GEMM
+        is quantized (not for BF16 operands: a precision schedule's high-precision GEMMs): what it
+        returns quantizes that operand in this call, in forward or backward, so it must not read
+        layer state that may change in between (bind the values it needs)."""
         return None
 
     def quantize_weight(self, weight: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
         """Fprop weight quantizer: ``operand_quantizer("w_fprop")``, else ``quantize``. A subclass
         that rounds W from layer state (an EMA of W, say) overrides this and says when it rounds
         plainly in ``rounds_weight_plainly``."""
-        return (self.operand_quantizer("w_fprop") or quantize)(weight, spec)
+        quantizer = None if spec.is_identity else self.operand_quantizer("w_fprop")
+        return (quantizer or quantize)(weight, spec)
 
     def rounds_weight_plainly(self) -> bool:
         """Whether ``quantize_weight(W, spec)`` is ``quantize(W, spec)``: False for a subclass that

@@ -210,6 +210,31 @@ def test_a_subclass_with_its_own_weight_quantizer_is_not_assumed_to_round_plainl
     assert not Rounded(64, 64).rounds_weight_plainly()
 
 
+def test_operand_quantizers_that_are_quantize_change_nothing_and_see_each_quantized_operand():
+    """A subclass's ``operand_quantizer`` replaces ``quantize`` for its operand, in forward and
+    backward; one that calls ``quantize`` gives the plain layer's bits (NVFP4: SR streams, RHT,
+    and Dgrad then quantizes Wᵀ itself instead of transposing Fprop's copy). Operands of a GEMM
+    run in high precision get no quantizer."""
+    seen = []
+
+    class Recorded(QuantLinear):
+        def operand_quantizer(self, operand):
+            def quantizer(t, spec, generator=None):
+                seen.append(operand)
+                return quantize(t, spec, generator=generator)
+            return quantizer
+
+    plain, recorded = (cls.from_linear(make_pair()[0], build_recipe("nvfp4")) for cls in (QuantLinear, Recorded))
+    x, dy = torch.randn(32, 64), torch.randn(32, 48)
+    for a, b in zip(run(plain, x, dy), run(recorded, x, dy)):
+        assert torch.equal(a, b)
+    assert sorted(seen) == sorted(OPERANDS)
+    seen.clear()
+    recorded.high_precision = frozenset({"fprop"})
+    run(recorded, x, dy)
+    assert sorted(seen) == sorted(set(OPERANDS) - {"x_fprop", "w_fprop"})
+
+
 def test_quantized_layer_under_autocast_keeps_fp32_weight_grads():
     q = QuantLinear.from_linear(nn.Linear(64, 48), build_recipe("nvfp4"))
     x = torch.randn(2, 16, 64, requires_grad=True)
