@@ -105,7 +105,8 @@ class RecipeConfig:
     ``methods``: the quantization methods' switches, ``{method: {option: value}}``
     (``quant.methods.<method>.<option>``; ``None`` = the named recipe's value). A method reads
     its own entry when the recipe is one of its; the others' entries are unused (so a sweep over
-    recipes can set them once). Every registered method's options are keys by default.
+    recipes can set them once). Every registered method's options are keys by default; an
+    option set for a method that is not registered is refused.
     """
 
     name: str = "nvfp4"
@@ -198,9 +199,9 @@ def _named(cfg: RecipeConfig) -> tuple[RecipeDefaults, str | None, Any]:
     """The named recipe's defaults, and for a method's recipe the method's name and its options
     with ``cfg.methods``' switches applied (``None``, ``None`` for a core recipe)."""
     known = registered()
-    unknown = sorted(set(cfg.methods) - set(known))
+    unknown = sorted(m for m, given in cfg.methods.items() if m not in known and any(v is not None for v in given.values()))
     if unknown:
-        raise ValueError(f"unknown method {unknown[0]!r} in quant.methods; valid: {sorted(known)}")
+        raise ValueError(f"quant.methods.{unknown[0]} sets options of an unknown method; valid: {sorted(known)}")
     found = named_recipe(cfg.name)
     if found is None:
         if cfg.name not in RECIPE_DEFAULTS:

@@ -6,7 +6,8 @@ TetraJet (``fp4train/methods/tetrajet/``) is one; ``docs/methods.md`` shows how 
 
 A method is a package under ``fp4train/methods/`` whose ``__init__`` defines ``METHOD =
 Method(...)``. Every such package is imported and registered the first time anything is looked up
-here (``register`` adds a method defined elsewhere: a test, a notebook). The core asks the method
+here (a package without ``METHOD``, e.g. a method's numerics not yet wired in, is left alone);
+``register`` adds a method defined elsewhere (a test, a notebook). The core asks the method
 of the recipe in use (``method_of``) and never names one:
 
 ==============================  ==============================================  ===================
@@ -133,25 +134,25 @@ def unregister(name: str) -> None:
 
 
 def registered() -> dict[str, Method]:
-    """Every registered method by name. The first call imports and registers the packages under
-    ``fp4train/methods/``."""
+    """Every registered method by name. The first call imports the packages under
+    ``fp4train/methods/`` and registers the ``METHOD`` of each that has one."""
     global _found
     if not _found:
         _found = True  # first: a method package may look something up while it is imported
         try:
             for info in pkgutil.iter_modules(__path__, f"{__name__}."):
-                if info.ispkg:
-                    register(_method_in(importlib.import_module(info.name)))
+                method = getattr(importlib.import_module(info.name), "METHOD", None) if info.ispkg else None
+                if method is not None:
+                    register(_checked(method, info.name))
         except BaseException:
             _found = False
             raise
     return dict(_REGISTRY)
 
 
-def _method_in(module: Any) -> Method:
-    method = getattr(module, "METHOD", None)
+def _checked(method: Any, package: str) -> Method:
     if not isinstance(method, Method):
-        raise TypeError(f"{module.__name__} is a package under fp4train/methods/ without METHOD = Method(...)")
+        raise TypeError(f"{package}.METHOD must be a fp4train.methods.Method, got {type(method).__name__}")
     return method
 
 
