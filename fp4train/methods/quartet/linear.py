@@ -38,9 +38,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fp4train.quant import stream_seed
+from fp4train.quant import SRStream, stream_seed
 
 from .numerics import QuartetConfig, backward_signs, hadamard_transform, quest_quantize, sr_quantize
+from .randomness import counter_bits, counter_signs
 
 __all__ = ["quartet_linear", "QuartetLinearFunction", "BACKWARD_OPERANDS"]
 
@@ -51,10 +52,26 @@ _SIGNS_STREAM = len(BACKWARD_OPERANDS)
 _DEFAULT = QuartetConfig()
 
 
-def _generators(seed: int | None, device: torch.device) -> list[torch.Generator | None]:
-    if seed is None:
-        return [None] * len(BACKWARD_OPERANDS)
-    return [torch.Generator(device=device).manual_seed(stream_seed(seed, i)) for i in range(len(BACKWARD_OPERANDS))]
+class _Draws:
+    """Where one backward call's randomness comes from: an ``int`` seed (host generators, one
+    per operand), an ``SRStream`` (bits computed on the device from its key and step counter:
+    ``randomness``; what a CUDA graph can replay), or ``None`` (torch's default generators)."""
+
+    def __init__(self, seed: int | SRStream | None, cfg: QuartetConfig, device: torch.device) -> None:
+        self.seed, self.cfg, self.device = seed, cfg, device
+
+    def signs(self) -> torch.Tensor | None:
+        if isinstance(self.seed, SRStream) and self.cfg.backward_rht != "fixed":
+            return counter_signs(self.seed, _SIGNS_STREAM, self.cfg.group)
+        seed = stream_seed(self.seed, _SIGNS_STREAM) if isinstance(self.seed, int) else None
+        return backward_signs(self.cfg, seed, self.device)
+
+    def quantize(self, t: torch.Tensor, operand: int, signs: torch.Tensor | None):
+        """``Q_b(t R̃)`` with backward operand ``operand``'s bits."""
+        if isinstance(self.seed, SRStream):
+            return sr_quantize(t, self.cfg, signs, rand_bits=counter_bits(self.seed, operand, tuple(t.shape), self.cfg.sr_bits))
+        gen = None if self.seed is None else torch.Generator(device=self.device).manual_seed(stream_seed(self.seed, operand))
+        return sr_quantize(t, self.cfg, signs, generator=gen)
 
 
 def _pad_rows(t: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -62,10 +79,10 @@ def _pad_rows(t: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(t, (0, -t.shape[-1] % multiple))
 
 
-def _backward_gemm(a, b, cfg: QuartetConfig, signs, gen_a, gen_b) -> torch.Tensor:
+def _backward_gemm(a, b, draws: _Draws, operands: tuple[int, int], signs) -> torch.Tensor:
     """``Q_b(a R̃) · Q_b(b R̃)ᵀ`` (both reduced along their last dim), float32, factors applied once."""
-    qa = sr_quantize(a, cfg, signs, generator=gen_a)
-    qb = sr_quantize(b, cfg, signs, generator=gen_b)
+    qa = draws.quantize(a, operands[0], signs)
+    qb = draws.quantize(b, operands[1], signs)
     return (qa.values @ qb.values.T) * (qa.factor * qb.factor)
 
 
@@ -73,7 +90,7 @@ class QuartetLinearFunction(torch.autograd.Function):
     """Autograd over Quartet's three quantized GEMMs (2-D ``x``: tokens × in). See the module doc."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, cfg: QuartetConfig, seed: int | None):
+    def forward(ctx, x, weight, bias, cfg: QuartetConfig, seed: int | SRStream | None):
         qx = quest_quantize(x, cfg)
         qw = quest_quantize(weight, cfg)
         y = qx.values @ qw.values.T  # float32 products of MXFP4 values, float32 accumulation
@@ -94,13 +111,13 @@ class QuartetLinearFunction(torch.autograd.Function):
         dx = dw = db = None
         with torch.autocast(device_type=dy.device.type, enabled=False):
             dy = dy.to(torch.float32)
-            signs = backward_signs(cfg, None if ctx.seed is None else stream_seed(ctx.seed, _SIGNS_STREAM), dy.device)
-            gens = _generators(ctx.seed, dy.device)
+            draws = _Draws(ctx.seed, cfg, dy.device)
+            signs = draws.signs()
             if need_dx:  # Dgrad: reduce over out-features
-                g_x = _backward_gemm(dy, w_q.T, cfg, signs, gens[0], gens[1])
+                g_x = _backward_gemm(dy, w_q.T, draws, (0, 1), signs)
                 dx = hadamard_transform(g_x * mask_x, g, inverse=True).to(x_dtype)
             if need_dw:  # Wgrad: reduce over tokens (zero-padded to whole groups)
-                g_w = _backward_gemm(_pad_rows(dy.T, g), _pad_rows(x_q.T, g), cfg, signs, gens[2], gens[3])
+                g_w = _backward_gemm(_pad_rows(dy.T, g), _pad_rows(x_q.T, g), draws, (2, 3), signs)
                 dw = hadamard_transform(g_w * mask_w, g, inverse=True).to(w_dtype)
             if need_db and ctx.has_bias:
                 db = dy.sum(0).to(w_dtype)
@@ -113,14 +130,16 @@ def quartet_linear(
     bias: torch.Tensor | None = None,
     *,
     config: QuartetConfig | None = None,
-    seed: int | None = None,
+    seed: int | SRStream | None = None,
 ) -> torch.Tensor:
     """``y = x Wᵀ + b`` with Quartet's MXFP4 quantization of all three GEMMs (module doc).
 
     ``x``: ``(..., in)``; ``weight``: ``(out, in)``; ``bias``: ``(out,)`` or ``None``; ``in`` and
     ``out`` multiples of ``config.group`` (32). Returns ``(..., out)`` in ``x``'s dtype; ``dW`` comes
     back in ``weight``'s dtype. ``seed`` fixes the backward's SR bits and random Hadamard signs
-    (module doc: the streams); ``None`` draws them from torch's default generators.
+    (module doc: the streams); an ``SRStream`` draws them on the device from its key and counter
+    (``randomness``: what a training step under CUDA graphs uses); ``None`` draws them from
+    torch's default generators.
     """
     cfg = config or _DEFAULT
     if weight.dim() != 2:
