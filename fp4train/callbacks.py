@@ -105,7 +105,8 @@ class QuantStatsLogger(L.Callback):
 def first_non_finite(module: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> str | None:
     """The name of the first floating-point tensor of ``module``'s state dict or of the
     optimizers' state that holds a NaN or an infinity, or ``None`` if all are finite (one
-    device-to-host transfer when they are)."""
+    device-to-host transfer when they are). Sharded tensors (FSDP's ``DTensor``) are checked
+    shard by shard and the verdict is agreed over the ranks (a collective: every rank calls it)."""
     named = [(name, t) for name, t in module.state_dict().items() if torch.is_tensor(t)]
     param_names = {id(p): name for name, p in module.named_parameters()}
     for opt in optimizers:
@@ -115,11 +116,15 @@ def first_non_finite(module: torch.nn.Module, optimizers: list[torch.optim.Optim
     named = [(name, t) for name, t in named if t.is_floating_point() or t.is_complex()]
     if not named:
         return None
-    device = named[0][1].device
-    finite = torch.stack([torch.isfinite(t).all().to(device) for _, t in named])
+    sharded = any(isinstance(t, DTensor) for _, t in named)
+    local = [t.to_local() if isinstance(t, DTensor) else t for _, t in named]
+    device = local[0].device
+    finite = torch.stack([torch.isfinite(t).all().to(device) for t in local]).to(torch.int32)
+    if sharded:  # each rank sees its own shards (FSDP): all ranks agree, as the sharded save is collective
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
     if bool(finite.all()):
         return None
-    return named[int((~finite).nonzero()[0, 0])][0]
+    return named[int((finite == 0).nonzero()[0, 0])][0]
 
 
 class FiniteCheckpoint(ModelCheckpoint):

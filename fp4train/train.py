@@ -42,6 +42,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
 from torch.utils.data import Dataset
 
 from fp4train.callbacks import FiniteCheckpoint, QuantStatsLogger, build_callbacks
@@ -268,27 +269,50 @@ def _check_geometry(cfg: TrainConfig, model: nn.Module, dataset: Dataset) -> Non
     )
 
 
+def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Size]]:
+    """A checkpoint's entries other than the weights, and the shape of each entry of its state
+    dict (``None`` for a module's extra state): a single-file
+    Lightning checkpoint, or a sharded one (a folder of ``torch.distributed.checkpoint`` files
+    plus ``meta.pt``, as ``trainer=fsdp`` writes it; only its metadata is read)."""
+    if path.is_dir():
+        if not (path / ".metadata").is_file() or not (path / "meta.pt").is_file():
+            raise ValueError("a folder, but not a sharded checkpoint (no .metadata and meta.pt inside)")
+        meta = torch.load(path / "meta.pt", map_location="cpu", weights_only=True)
+        stored = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        prefix = "state_dict."
+        shapes: dict[str, Any] = {}
+        for key, value in stored.items():
+            if key.startswith(prefix):  # a module's extra state is stored flattened: name._extra_state.<field>
+                name, extra, _ = key[len(prefix):].partition("._extra_state.")
+                shapes[name + "._extra_state" if extra else name] = None if extra else getattr(value, "size", None)
+        return meta, shapes
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError("not a Lightning checkpoint (no state_dict)")
+    return ckpt, {k: v.shape if torch.is_tensor(v) else None for k, v in ckpt["state_dict"].items()}
+
+
 def _check_resume(path: str, cfg: TrainConfig, module: TrainModule) -> int:
     """The global step of checkpoint ``path`` after checking that ``module`` can continue from
-    it: a readable Lightning checkpoint of the same recipe and model, before ``max_steps``."""
+    it: a readable Lightning checkpoint (one file, or a sharded folder) of the same recipe and
+    model, before ``max_steps``."""
     where = f"checkpoint.resume={path}"
-    if not Path(path).is_file():
-        raise ConfigError(f"{where}: no such file")
+    if not Path(path).exists():
+        raise ConfigError(f"{where}: no such file or folder")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ckpt, theirs = _read_checkpoint(Path(path))
     except Exception as e:  # a user's file: any failure to read it is theirs to fix
         raise ConfigError(f"{where} is not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or not {"state_dict", "global_step"} <= set(ckpt):
-        raise ConfigError(f"{where} is not a Lightning checkpoint (no state_dict/global_step)")
+    if "global_step" not in ckpt:
+        raise ConfigError(f"{where} is not a Lightning checkpoint (no global_step)")
     saved = ckpt.get(IDENTITY_KEY, {})
     for key, value in module.run_identity.items():
         if key in saved and saved[key] != value:
             raise ConfigError(f"{where} was written by a run with {key} {saved[key]!r}; this run has {value!r}")
-    own = module.state_dict()
-    theirs = ckpt["state_dict"]
+    own = {k: v.shape if torch.is_tensor(v) else None for k, v in module.state_dict().items()}
     missing, unexpected = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
     resized = sorted(k for k in set(own) & set(theirs)
-                     if torch.is_tensor(own[k]) and torch.is_tensor(theirs[k]) and own[k].shape != theirs[k].shape)
+                     if None not in (own[k], theirs[k]) and tuple(own[k]) != tuple(theirs[k]))
     if missing or unexpected or resized:
         raise ConfigError(
             f"{where} does not fit this run's model and recipe ({cfg.model.name} {cfg.model.size}, {cfg.quant.name}): "

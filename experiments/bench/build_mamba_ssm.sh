@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON the GPU machine (nvcc, a CUDA torch, no package index): build mamba-ssm's wheel for sm_90
 # only from the source package that experiments/bench/gpu_wheels.sh put in .whl/, and install it with
-# einops into /tmp/site (then: PYTHONPATH=/tmp/site python ...). Idempotent: a wheel already built
+# einops (and Hydra's wheels) into /tmp/site (then: PYTHONPATH=/tmp/site python ...). Idempotent: a wheel already built
 # in .whl/ is installed without building again. ~2 min with 16 cores (nvcc 13.0, torch 2.11+cu130).
 #
 # Why the patch: mamba-ssm's setup.py hard-codes nine -gencode targets (sm_75 ... sm_121) and
@@ -38,8 +38,9 @@ PY
     pip wheel --no-deps --no-build-isolation -w .whl "$src"
   wheel=$(ls .whl/mamba_ssm-$MAMBA_SSM-cp*-linux_x86_64.whl | head -n1)
 fi
-echo "installing $wheel and einops into $SITE"
-pip install --no-deps --no-index --upgrade --target "$SITE" "$wheel" .whl/einops-*-py3-none-any.whl
+others=$(ls .whl/*-py3-none-any.whl)  # einops, and Hydra's three when gpu_wheels.sh fetched them
+echo "installing $wheel and" $others "into $SITE"
+pip install --no-deps --no-index --no-compile --upgrade --target "$SITE" "$wheel" $others
 PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} python -c "
 from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn

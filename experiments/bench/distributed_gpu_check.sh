@@ -11,7 +11,8 @@
 # also ddp2 and ddp2_graph (torchrun, 2 processes; same global batch). Prints per run the loss at
 # every step, the final loss, its relative gap to `single`, the median tokens/s, and a verdict:
 #   PASS  ddp / ddp_graph: every loss within 1% of single's (GPU eager runs of this model are not
-#         bit-reproducible: NOTES v8/v9 saw 0.05% between identical eager runs, up to 0.8% graphed).
+#         bit-reproducible: on an H200, 2026-11-30, identical eager runs differed by up to 0.05%,
+#         graphed ones from eager by up to 0.8%; the lab notebook, experiments/bench/NOTES.md).
 #   PASS  fsdp: every loss within 2% of single's (fsdp quantizes the BF16 copy of each weight and
 #         returns BF16 weight gradients; single/ddp quantize the FP32 master weight).
 #   PASS  consolidate: the file loads into a freshly built model (strict) and its weights are finite.

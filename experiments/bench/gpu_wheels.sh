@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Download into .whl/ (git-ignored) what a GPU machine without a package index lacks for the `gpu`
-# extra: the mamba-ssm source package and einops (a pure-Python wheel). Run it here, on a machine
-# that reaches PyPI; .whl/ then travels with the working tree, and on the GPU machine
-#     bash experiments/bench/build_mamba_ssm.sh
-# builds and installs mamba-ssm from it. Idempotent: files already in .whl/ are not fetched again.
+# Download into .whl/ (git-ignored) what a GPU machine without a package index lacks: the `gpu`
+# extra (the mamba-ssm source package, einops) and the entry point's Hydra (hydra-core, omegaconf,
+# antlr4-python3-runtime; antlr4's 4.9.3 is a source package: built here into a pure-Python wheel).
+# Run it here, on a machine that reaches PyPI; .whl/ then travels with the working tree (name it in
+# the device call's carry), and on the GPU machine
+#     bash experiments/bench/build_mamba_ssm.sh      # builds mamba-ssm, installs all into /tmp/site
+# Torch, Lightning, Triton and transformers are already on the lent H200 image; wandb is not (runs
+# there use logger=csv). Idempotent: files already in .whl/ are not fetched again.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MAMBA_SSM=2.3.2.post1
 EINOPS=0.8.2
+HYDRA=1.3.2
+OMEGACONF=2.3.0
+ANTLR4=4.9.3
 mkdir -p .whl
 
 if [ ! -f ".whl/mamba_ssm-$MAMBA_SSM.tar.gz" ]; then
@@ -20,4 +26,11 @@ fi
 if [ ! -f ".whl/einops-$EINOPS-py3-none-any.whl" ]; then
   pip download --no-deps --only-binary=:all: --python-version 3.12 "einops==$EINOPS" -d .whl
 fi
+for wheel in "hydra_core==$HYDRA" "omegaconf==$OMEGACONF"; do
+  name=${wheel%%==*}
+  ls .whl/"$name"-*.whl >/dev/null 2>&1 || \
+    pip download --no-deps --only-binary=:all: --python-version 3.12 "$wheel" -d .whl
+done
+ls .whl/antlr4_python3_runtime-$ANTLR4-*.whl >/dev/null 2>&1 || \
+  pip wheel --no-deps "antlr4-python3-runtime==$ANTLR4" -w .whl
 ls -l .whl

@@ -70,7 +70,7 @@ QUANT_VARIANTS = {  # name: (row spec, column spec)
 }
 GEMM_CONFIGS = [DEFAULT_CONFIG, (128, 256, 64, 8, 8, 3), (256, 128, 64, 8, 8, 4)]
 TMA_CONFIGS = [TMA_CONFIG, (256, 128, 64, 8, 8, 3), (128, 128, 64, 8, 4, 4), (128, 256, 64, 4, 8, 3)]  # (128, 256, 64, 8, 8, 4) ran out of shared memory before output halves
-COMPILED_REFERENCES = {"nvfp4 row rn (x fprop)": NV}  # mxfp4 compiled: 698 us in run 2 (NOTES.md), 100 s to compile
+COMPILED_REFERENCES = {"nvfp4 row rn (x fprop)": NV}  # mxfp4 compiled: ~0.7 ms on an H100 (2026-11-23, NOTES.md), 100 s to compile
 
 
 def quantize_variant(x: torch.Tensor, row: QuantSpec | None, col: QuantSpec | None, **kw):
@@ -317,7 +317,7 @@ def check_gemms() -> dict:
         out[f"mx_fp8_matmul, 20-binade rows ({name}), fp32 out: rel. error"] = ((res - ref).norm() / ref.norm()).item()
     out["row-wise _scaled_mm writes float32: 1 = yes"] = float(torch.float32 in _rowwise_out_dtypes(torch.device("cuda")))
     # Dgrad's Wᵀ quantized by the reference code on the GPU (32×32 MX blocks have no kernel) from
-    # a transposed view: the GEMM reads its codes in their real layout (a v9 review finding)
+    # a transposed view: the GEMM reads its codes in their real layout (a bug fixed 2026-11-30, NOTES.md)
     from fp4train.linear import QuantLinear
 
     recipe = build_recipe(RecipeConfig(name="mxfp4", weight_2d=True, double_quant=True))

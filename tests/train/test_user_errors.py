@@ -61,6 +61,13 @@ def test_a_corrupt_checkpoint_is_named(tmp_path, capsys):
     assert f"error: checkpoint.resume={tmp_path / 'junk.ckpt'} is not a readable checkpoint (" in err
 
 
+def test_a_folder_that_is_not_a_sharded_checkpoint_is_named(tmp_path, capsys):
+    folder = tmp_path / "step_2.ckpt"
+    folder.mkdir()
+    err = fails_plainly(capsys, *TINY_LM, f"checkpoint.resume={folder}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert f"error: checkpoint.resume={folder} is not a readable checkpoint (ValueError: a folder, but not a sharded" in err
+
+
 @pytest.mark.parametrize("recipe", ["bf16", "fp8"])
 def test_a_checkpoint_of_another_recipe_is_refused(finished_run, tmp_path, capsys, recipe):
     # before: bf16 died in load_state_dict with a traceback; fp8 (same layer types) resumed silently
