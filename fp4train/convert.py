@@ -1,4 +1,5 @@
-"""Model surgery: ``convert(model, recipe)`` swaps ``nn.Linear`` modules for ``QuantLinear``.
+"""Model surgery: ``convert(model, recipe)`` swaps ``nn.Linear`` modules for ``QuantLinear`` (or
+the layer class of the recipe's quantization method, ``fp4train.methods``).
 
 Rules (NVFP4 paper §4: embeddings, the output head and norms stay high precision; the linear
 layers of the first and last few blocks stay BF16):
@@ -31,8 +32,8 @@ import torch.nn as nn
 
 from fp4train.errors import ConfigError
 from fp4train.linear import QuantLinear
+from fp4train.methods import method_of
 from fp4train.recipes import Recipe, RecipeConfig, build_recipe
-from fp4train.tetrajet import QEMALinear
 
 __all__ = ["ConversionReport", "bf16_block_counts", "convert", "find_blocks"]
 
@@ -120,13 +121,16 @@ def _misfit(linear: nn.Linear, recipe: Recipe) -> str | None:
 
 
 def convert(model: nn.Module, recipe: Recipe | RecipeConfig | str) -> ConversionReport:
-    """Swap the recipe's candidate ``nn.Linear`` modules of ``model`` (in place) for ``QuantLinear``.
+    """Swap the recipe's candidate ``nn.Linear`` modules of ``model`` (in place) for ``QuantLinear``,
+    or the class the recipe's method builds (``Method.layer``).
 
     Parameters are shared, not copied, so an optimizer built before or after sees the same
     tensors. Returns the conversion table.
     """
     if not isinstance(recipe, Recipe):
         recipe = build_recipe(recipe)
+    method = method_of(recipe)
+    layer_cls = (method.layer(recipe) if method is not None else None) or QuantLinear
     blocks = find_blocks(model)
     block_of: dict[int, int] = {}
     if blocks is not None:
@@ -156,7 +160,6 @@ def convert(model: nn.Module, recipe: Recipe | RecipeConfig | str) -> Conversion
         if why is not None or recipe.is_bf16:
             report.rows.append((name, shape, blk, "bf16", why or "recipe is bf16"))
             continue
-        layer_cls = QEMALinear if recipe.q_ema_decay is not None else QuantLinear
         _set_module(model, name, layer_cls.from_linear(module, recipe, layer_id))
         report.rows.append((name, shape, blk, recipe.name, ""))
         layer_id += 1

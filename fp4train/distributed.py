@@ -45,6 +45,8 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from fp4train.convert import find_blocks
+from fp4train.methods import method_of
+from fp4train.recipes import Recipe
 
 __all__ = [
     "FSDP2Strategy", "build_strategy", "check_strategy", "check_sweep", "consolidate",
@@ -109,13 +111,13 @@ def launch_topology(devices: Any, num_nodes: int, env: Mapping[str, str] = os.en
     return local, nodes
 
 
-def check_strategy(strategy: str, precision: str | None, cuda_graph: bool, recipe: Any) -> None:
+def check_strategy(strategy: str, precision: str | None, cuda_graph: bool, recipe: Recipe) -> None:
     """Refuse, before any process starts, what the strategies cannot run (``ValueError`` naming the
-    setting): CUDA graphs beyond one process or DDP (``fp4train.graphs``), ``fsdp`` with a
-    precision other than ``FSDP_PRECISIONS`` or with TetraJet's Q-EMA / Q-Ramping (they keep
-    whole-weight state beside the sharded weight). ``recipe``: the built ``Recipe``."""
+    setting): CUDA graphs beyond one process or DDP (``fp4train.cuda_graphs``), ``fsdp`` with a
+    precision other than ``FSDP_PRECISIONS`` or with a recipe whose quantization method refuses
+    sharded weights (``Method.sharding_refusal``, e.g. state kept per element of the whole weight)."""
     if cuda_graph:
-        from fp4train.graphs import check_graph_strategy
+        from fp4train.cuda_graphs import check_graph_strategy
 
         check_graph_strategy(strategy)
     if strategy != "fsdp":
@@ -123,9 +125,10 @@ def check_strategy(strategy: str, precision: str | None, cuda_graph: bool, recip
     if precision is not None and precision not in FSDP_PRECISIONS:
         raise ValueError(f"trainer.strategy=fsdp supports trainer.precision in {list(FSDP_PRECISIONS)} "
                          f"(bf16-mixed: FSDP2's bf16 parameters with fp32 reduction); got {precision!r}")
-    if recipe.q_ema_decay is not None or recipe.q_ramping is not None:
-        raise ValueError(f"trainer.strategy=fsdp does not support recipe {recipe.name!r}: TetraJet's Q-EMA and "
-                         "Q-Ramping keep per-weight state of the whole weight, which FSDP shards; use trainer=ddp")
+    method = method_of(recipe)
+    refusal = method.sharding_refusal(recipe) if method is not None else None
+    if refusal is not None:
+        raise ValueError(f"trainer.strategy=fsdp does not support recipe {recipe.name!r}: {refusal}; use trainer=ddp")
 
 
 def check_sweep(strategy: str, env: Mapping[str, str] = os.environ) -> None:

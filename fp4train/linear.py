@@ -19,13 +19,18 @@ graph (``torch.cuda.make_graphed_callables``) and each replay draws the next ste
 same bits as the eager run. The counter is part of the module's state dict, so a resumed run
 continues the same streams.
 
-Backward reads nothing of the layer: the specs in force, the stream keys and the counter copy
-are fixed by the forward call (``_CallPlan``), and the gradients autograd does not ask for
-(``ctx.needs_input_grad``: an input or weight that needs none) are neither quantized nor computed.
+Backward reads nothing of the layer: the specs in force, the stream keys, the quantizers and the
+counter copy are fixed by the forward call (``_CallPlan``), and the gradients autograd does not ask
+for (``ctx.needs_input_grad``: an input or weight that needs none) are neither quantized nor computed.
+
+A quantization method (``fp4train.methods``) changes how an operand is quantized in a subclass:
+``operand_quantizer`` replaces ``quantize`` for any operand, ``quantize_weight`` rounds the Fprop
+weight from layer state.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -46,7 +51,11 @@ from fp4train.quant import (
 )
 from fp4train.recipes import BF16, GEMMS, OPERANDS, Recipe, build_recipe
 
-__all__ = ["QuantLinear"]
+__all__ = ["QuantLinear", "Quantizer"]
+
+# A replacement of ``fp4train.quant.quantize`` for one operand: ``quantizer(t, spec, generator=None)``
+# returns the ``QuantizedTensor`` the GEMM multiplies (``QuantLinear.operand_quantizer``).
+Quantizer = Callable[..., QuantizedTensor]
 
 
 @dataclass(frozen=True)
@@ -55,12 +64,13 @@ class _CallPlan:
     nothing of the layer, which a precision schedule (``high_precision``) or a later call (the
     step counter) may change before backward runs.
 
-    ``specs``/``keys``: per operand (``OPERANDS`` order) the spec in force and its SR stream's key
-    (``None``: round to nearest). ``grad``: autograd records the call (else forward keeps
-    nothing for backward)."""
+    ``specs``/``keys``/``quantizers``: per operand (``OPERANDS`` order) the spec in force, its SR
+    stream's key (``None``: round to nearest) and its quantizer (``None``: ``quantize``). ``grad``:
+    autograd records the call (else forward keeps nothing for backward)."""
 
     specs: tuple[QuantSpec, ...]
     keys: tuple[int | None, ...]
+    quantizers: tuple[Quantizer | None, ...]
     mx_fp8: bool
     double_quant: bool
     grad: bool
@@ -77,12 +87,16 @@ class _CallPlan:
         return None if key is None else SRStream(key, counter)
 
     def quantize(self, operand: str, t: torch.Tensor, counter: torch.Tensor | None) -> QuantizedTensor:
-        return quantize(t, self.spec(operand), generator=self.stream(operand, counter))
+        quantizer = self.quantizers[OPERANDS.index(operand)] or quantize
+        return quantizer(t, self.spec(operand), generator=self.stream(operand, counter))
 
     def quantize_pair(
         self, row_operand: str, col_operand: str, t: torch.Tensor, counter: torch.Tensor | None
     ) -> tuple[QuantizedTensor, QuantizedTensor]:
-        """``t`` for ``row_operand`` and ``t.T`` for ``col_operand`` (one read on the GPU)."""
+        """``t`` for ``row_operand`` and ``t.T`` for ``col_operand`` (one read on the GPU, unless
+        either has a quantizer of its own)."""
+        if self.quantizers[OPERANDS.index(row_operand)] or self.quantizers[OPERANDS.index(col_operand)]:
+            return self.quantize(row_operand, t, counter), self.quantize(col_operand, t.T, counter)
         return quantize_pair(
             t,
             self.spec(row_operand),
@@ -134,7 +148,7 @@ class _QuantLinearFunction(torch.autograd.Function):
         # this call's SR step: a later call advances the layer's counter before this backward runs
         counter = layer.sr_step.clone() if plan.uses_sr else None
         qxt = None
-        if plan.double_quant:  # TetraJet: Wgrad's x is the Fprop copy, quantized again
+        if plan.double_quant:  # double quantization: Wgrad's x is the Fprop copy, quantized again
             qx = plan.quantize("x_fprop", x, counter)
             if need_dw:
                 qxt = plan.quantize("x_wgrad", dequantize(qx).T, counter)
@@ -259,30 +273,43 @@ class QuantLinear(nn.Linear):
         return stream_seed(spec.seed, self.layer_id, OPERANDS.index(operand), *((rank,) if rank else ()))
 
     def _plan(self, grad: bool) -> _CallPlan:
-        """This call's specs and SR stream keys (``_CallPlan``)."""
+        """This call's specs, SR stream keys and quantizers (``_CallPlan``)."""
         dist = torch.distributed
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         specs = tuple(self.operand_spec(o) for o in OPERANDS)
         keys = tuple(self._stream_key(o, s, rank) for o, s in zip(OPERANDS, specs))
-        return _CallPlan(specs, keys, self.recipe.mx_fp8_gemm, self.recipe.double_quant, grad)
+        quantizers = tuple(self.operand_quantizer(o) for o in OPERANDS)
+        return _CallPlan(specs, keys, quantizers, self.recipe.mx_fp8_gemm, self.recipe.double_quant, grad)
+
+    def operand_quantizer(self, operand: str) -> Quantizer | None:
+        """A subclass's replacement of ``quantize`` for ``operand`` (one of ``OPERANDS``), called as
+        ``quantizer(t, spec, generator=stream)`` (``generator``: the operand's SR stream, ``None``
+        for round to nearest) on the tensor in the layout the GEMM reduces (blocks along the last
+        dimension); ``None``: ``quantize``. Asked once per forward call: what it returns quantizes
+        that operand in this call, in forward or backward, so it must not read layer state that
+        may change in between (bind the values it needs)."""
+        return None
 
     def quantize_weight(self, weight: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
-        """Fprop weight quantizer; a subclass may change how W is rounded (e.g. TetraJet's Q-EMA)
-        and then says so in ``rounds_weight_plainly``."""
-        return quantize(weight, spec)
+        """Fprop weight quantizer: ``operand_quantizer("w_fprop")``, else ``quantize``. A subclass
+        that rounds W from layer state (an EMA of W, say) overrides this and says when it rounds
+        plainly in ``rounds_weight_plainly``."""
+        return (self.operand_quantizer("w_fprop") or quantize)(weight, spec)
 
     def rounds_weight_plainly(self) -> bool:
         """Whether ``quantize_weight(W, spec)`` is ``quantize(W, spec)``: False for a subclass that
-        overrides ``quantize_weight``, unless it overrides this too (Q-EMA: until the EMA rounds)."""
-        return type(self).quantize_weight is QuantLinear.quantize_weight
+        overrides ``quantize_weight`` (unless it overrides this too, to say on which calls it rounds
+        plainly) or replaces the ``w_fprop`` quantizer."""
+        return type(self).quantize_weight is QuantLinear.quantize_weight and self.operand_quantizer("w_fprop") is None
 
     def _fprop_weight_serves_dgrad(self, qw: QuantizedTensor, dgrad_spec: QuantSpec) -> bool:
         """Whether Dgrad's ``quantize(Wᵀ, dgrad_spec)`` is Fprop's copy ``qw`` transposed
-        (``quant.transpose``): ``qw`` is plain ``quantize(W)`` with the Dgrad spec, and that spec
-        transposes exactly (NVFP4's 16×16 weight blocks, per-tensor FP8; round to nearest). Not
-        under TetraJet's double quantization, whose Dgrad copy is quantized from the Fprop copy."""
-        plain = self.rounds_weight_plainly() and not self.recipe.double_quant
-        return plain and qw.spec == dgrad_spec and transposes_exactly(dgrad_spec)
+        (``quant.transpose``): ``qw`` is plain ``quantize(W)`` with the Dgrad spec, Dgrad's W has no
+        quantizer of its own, and that spec transposes exactly (NVFP4's 16×16 weight blocks,
+        per-tensor FP8; round to nearest). Not under double quantization (TetraJet §3), whose Dgrad
+        copy is quantized from the Fprop copy."""
+        plain = self.rounds_weight_plainly() and self.operand_quantizer("w_dgrad") is None
+        return plain and not self.recipe.double_quant and qw.spec == dgrad_spec and transposes_exactly(dgrad_spec)
 
     def gemm_input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` as the GEMMs quantize it: cast to the autocast dtype where autocast is on (as
@@ -306,7 +333,7 @@ class QuantLinear(nn.Linear):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def graph_key(self) -> tuple:
-        """What a CUDA graph of this layer depends on beyond tensor values (``fp4train.graphs``)."""
+        """What a CUDA graph of this layer depends on beyond tensor values (``fp4train.cuda_graphs``)."""
         return (tuple(sorted(self.high_precision)),)
 
     def get_extra_state(self) -> dict:

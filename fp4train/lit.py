@@ -12,7 +12,7 @@ and the run's identity (``run_identity``: recipe, model) in checkpoints, a valid
 last step, a stop on a non-finite loss (the step is skipped; the message names the step and the
 last finite checkpoint, which ``fp4train.callbacks.FiniteCheckpoint`` keeps in
 ``last_finite_checkpoint``), and with ``cuda_graph`` the training forward and backward replayed
-from CUDA graphs (``fp4train.graphs``; captured again when the input shape or a module's
+from CUDA graphs (``fp4train.cuda_graphs``; captured again when the input shape or a module's
 ``graph_key`` changes).
 """
 
@@ -22,6 +22,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,10 @@ from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from fp4train.cuda_graphs import TrainingGraph, capture_training_graph, graph_key, has_hooks
 from fp4train.distributed import shard_model
-from fp4train.graphs import TrainingGraph, capture_training_graph, graph_key, has_hooks
 from fp4train.optim import OptimConfig, build_optimizer, build_scheduler
-from fp4train.schedule import PrecisionSchedule
+from fp4train.precision_schedule import PrecisionSchedule
 
 __all__ = [
     "DIVERGED_FILE", "IDENTITY_KEY", "ImageClassifierModule", "LanguageModelModule", "MODULES", "StepDataModule",
@@ -101,11 +102,21 @@ class StepDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=self.micro_batch(), num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, **kwargs)
 
-    def train_dataloader(self) -> DataLoader:
+    def _sampler(self, step: int) -> StepSampler:
+        """This rank's stream of training indices from optimizer step ``step`` on."""
         t = self.trainer
-        start = t.global_step * t.accumulate_grad_batches  # restored from the checkpoint when resuming
-        sampler = StepSampler(len(self.train_set), self.micro_batch(), t.world_size, t.global_rank, self.seed, start)
-        return self._loader(self.train_set, sampler=sampler)
+        return StepSampler(len(self.train_set), self.micro_batch(), t.world_size, t.global_rank, self.seed,
+                           step * t.accumulate_grad_batches)
+
+    def train_dataloader(self) -> DataLoader:
+        # global_step is restored from the checkpoint when resuming
+        return self._loader(self.train_set, sampler=self._sampler(self.trainer.global_step))
+
+    def batches_from(self, step: int) -> Iterator[Any]:
+        """The micro-batches training sees from optimizer step ``step`` on, from a loader of their own
+        in this process: a look ahead at the stream (a method's calibration steps, say) that leaves
+        training's own loader where it is."""
+        return iter(DataLoader(self.train_set, batch_size=self.micro_batch(), sampler=self._sampler(step)))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

@@ -5,8 +5,8 @@
   ``D``, ``dt_bias``), 0-/1-D tensors (norm weights, biases), ``nn.Embedding`` tables and the
   ViT's ``cls_token``/``pos_embed`` (timm's ``no_weight_decay`` names) are not decayed.
   ``fused``: PyTorch's single-kernel AdamW step (``fused=True``), by default wherever every
-  parameter is a CUDA floating-point tensor (``fused_by_default``). The recipe's per-step hooks
-  (TetraJet's Q-EMA, Q-Ramping) are attached to it; then
+  parameter is a CUDA floating-point tensor (``fused_by_default``). The optimizer hooks of the
+  quantization methods of the model's layers (``fp4train.methods``) are attached to it; then
   ``OptimConfig.wrappers`` hands it to hooks named by dotted path, so new optimizer machinery
   plugs in by config.
 * ``lr_factor``: the multiplier of the peak learning rate at an optimizer step —
@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fp4train.tetrajet import attach_tetrajet
+from fp4train.linear import QuantLinear
+from fp4train.methods import Method, method_of
 
 __all__ = [
     "OptimConfig", "SCHEDULES", "build_optimizer", "build_scheduler", "fused_by_default", "lr_factor", "param_groups",
@@ -127,21 +128,32 @@ def fused_by_default(params: list[torch.Tensor]) -> bool:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW over ``param_groups(model)`` (fused per ``cfg.fused``) with the recipe's per-step hooks
-    (TetraJet's Q-EMA and Q-Ramping, which act through step hooks and so work on the fused step
-    too; a no-op for other recipes), then ``cfg.wrappers`` applied in order."""
+    """AdamW over ``param_groups(model)`` (fused per ``cfg.fused``), then the optimizer hook of each
+    quantization method whose recipe a ``QuantLinear`` of ``model`` has (``Method.optimizer_hook``,
+    step hooks, so they work on the fused step too), then ``cfg.wrappers`` applied in order."""
     groups = param_groups(model, cfg.weight_decay)
     fused = fused_by_default([p for g in groups for p in g["params"]]) if cfg.fused is None else cfg.fused
     opt: torch.optim.Optimizer = torch.optim.AdamW(
         groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True if fused else None  # None: foreach on CUDA
     )
-    attach_tetrajet(model, opt)
+    for method in _methods_of(model):
+        method.optimizer_hook(model, opt)
     for spec in cfg.wrappers:
         spec = dict(spec)
         out = resolve_target(spec, "optimizer wrapper")(model=model, optimizer=opt, **spec)
         if isinstance(out, torch.optim.Optimizer):
             opt = out
     return opt
+
+
+def _methods_of(model: nn.Module) -> list[Method]:
+    """The quantization methods of ``model``'s ``QuantLinear`` layers, each once, in module order."""
+    found: dict[str, Method] = {}
+    for m in model.modules():
+        method = method_of(m.recipe) if isinstance(m, QuantLinear) else None
+        if method is not None:
+            found.setdefault(method.name, method)
+    return list(found.values())
 
 
 def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:

@@ -14,16 +14,22 @@ Wgrad    dW = dyᵀ x      ``dy_wgrad`` (tokens) ``x_wgrad`` (tokens)
 
 ``RecipeConfig`` holds a recipe name plus the ablation switches (every one optional: ``None``
 keeps the named recipe's default), so an ablation is one Hydra override (``quant.rht=false``).
-``build_recipe`` turns it into a ``Recipe``: the full table of six specs plus layer rules.
+``build_recipe`` turns it into a ``Recipe``: the full table of six specs plus layer rules. The
+named recipes are the core's (``RECIPE_DEFAULTS``) and those of the quantization methods
+(``fp4train.methods``), whose own switches are ``RecipeConfig.methods``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
+from fp4train.methods import named_recipe, option_nodes, registered, resolve_options
 from fp4train.quant import QuantSpec
 
-__all__ = ["OPERANDS", "GEMMS", "QRampingConfig", "Recipe", "RecipeConfig", "RECIPE_DEFAULTS", "SR_SCOPES", "build_recipe"]
+__all__ = [
+    "OPERANDS", "GEMMS", "Recipe", "RecipeConfig", "RecipeDefaults", "RECIPE_DEFAULTS", "SR_SCOPES", "build_recipe",
+]
 
 OPERANDS = ("x_fprop", "w_fprop", "dy_dgrad", "w_dgrad", "dy_wgrad", "x_wgrad")
 GEMMS = {"fprop": ("x_fprop", "w_fprop"), "dgrad": ("dy_dgrad", "w_dgrad"), "wgrad": ("dy_wgrad", "x_wgrad")}
@@ -34,27 +40,14 @@ SR_SCOPES = {"grad": ("dy_dgrad", "dy_wgrad"), "backward": ("dy_dgrad", "w_dgrad
 
 
 @dataclass(frozen=True)
-class QRampingConfig:
-    """Q-Ramping hyperparameters (TetraJet §6, Alg. 2): every ``every_n_steps`` optimizer steps,
-    ``calib_steps`` (T0) plain steps measure each weight's oscillation ratio ``R_w`` and are then
-    undone; its update period becomes ``min(k2·floor(R_w/k1) + 1, n_max)``. ``n_max`` is ours
-    (the preprint's value is not in our notes)."""
-
-    k1: float = 16.0
-    k2: int = 5
-    n_max: int = 16
-    calib_steps: int = 30
-    every_n_steps: int = 1000
-
-
-@dataclass(frozen=True)
 class Recipe:
     """The resolved recipe: six operand specs and the layer-selection rules.
 
     ``double_quant`` (TetraJet §3): the Dgrad copy of W and the Wgrad copy of x are quantized
     from the *dequantized forward* operands instead of the full-precision tensors.
-    ``q_ema_decay``: TetraJet's Q-EMA weight quantizer (after ``q_ema_warmup`` EMA updates);
-    ``q_ramping``: TetraJet's Q-Ramping optimizer (see ``fp4train.tetrajet``).
+    ``method``: the quantization method whose named recipe this is (``fp4train.methods``), and
+    ``options`` its resolved switches (an instance of its ``Method.options``); ``None`` for the
+    core's recipes.
     ``bf16_first_blocks``/``bf16_last_blocks``: blocks whose linears stay BF16; ``bf16_*_of``: the
     model depth such a count was chosen for (a recipe default: ``convert`` scales it to the
     model's depth), ``None`` for a count set by the user (taken as is).
@@ -77,10 +70,9 @@ class Recipe:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     skip_incompatible: bool = False
-    q_ema_decay: float | None = None
-    q_ema_warmup: int = 10
-    q_ramping: QRampingConfig | None = None
     mx_fp8_gemm: bool = False
+    method: str | None = None
+    options: Any = None
 
     def spec(self, operand: str) -> QuantSpec:
         return getattr(self, operand)
@@ -108,9 +100,12 @@ class RecipeConfig:
     ``bf16_first_blocks``/``bf16_last_blocks`` (exact counts; unset, the recipe's defaults are
     scaled to the model's depth by ``fp4train.convert``), ``scale_rule`` (MX), ``allow_biased_sr``
     (SR with the floor MX scale rule, refused without it: see ``build_recipe``), ``double_quant``,
-    ``q_ema_decay``/``q_ema_warmup`` (Q-EMA), ``q_ramping`` and ``ramping_*`` (Q-Ramping),
     ``seed`` (RHT signs and SR streams), ``mx_fp8_gemm`` (GPU: MXFP4 × MXFP4 GEMMs on the FP8
     tensor cores where exact, ``fp4train.kernels.gemm.mx_fp8_matmul``).
+    ``methods``: the quantization methods' switches, ``{method: {option: value}}``
+    (``quant.methods.<method>.<option>``; ``None`` = the named recipe's value). A method reads
+    its own entry when the recipe is one of its; the others' entries are unused (so a sweep over
+    recipes can set them once). Every registered method's options are keys by default.
     """
 
     name: str = "nvfp4"
@@ -125,22 +120,18 @@ class RecipeConfig:
     allow_biased_sr: bool | None = None
     double_quant: bool | None = None
     skip_incompatible: bool | None = None
-    q_ema_decay: float | None = None
-    q_ema_warmup: int | None = None
-    q_ramping: bool | None = None
     mx_fp8_gemm: bool | None = None
-    ramping_k1: float | None = None
-    ramping_k2: int | None = None
-    ramping_n_max: int | None = None
-    ramping_calib_steps: int | None = None
-    ramping_every_n_steps: int | None = None
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     seed: int = 0
+    methods: dict[str, dict[str, Any]] = field(default_factory=option_nodes)
 
 
 @dataclass(frozen=True)
-class _Defaults:
+class RecipeDefaults:
+    """A named recipe's formats and switch defaults (``RecipeConfig``'s switches override them):
+    ``fwd_fmt`` for x and W, ``grad_fmt`` for dy, in every GEMM."""
+
     fwd_fmt: str
     grad_fmt: str
     rht: bool = False
@@ -155,38 +146,26 @@ class _Defaults:
     allow_biased_sr: bool = False
     double_quant: bool = False
     skip_incompatible: bool = False
-    q_ema_decay: float | None = None
-    q_ema_warmup: int = 10
-    q_ramping: bool = False
     mx_fp8_gemm: bool = False
 
 
-RECIPE_DEFAULTS: dict[str, _Defaults] = {
-    "bf16": _Defaults("bf16", "bf16"),
+RECIPE_DEFAULTS: dict[str, RecipeDefaults] = {
+    "bf16": RecipeDefaults("bf16", "bf16"),
     # Transformer Engine HYBRID current scaling: E4M3 forward, E5M2 gradients, per tensor.
-    "fp8": _Defaults("fp8_e4m3", "fp8_e5m2"),
+    "fp8": RecipeDefaults("fp8_e4m3", "fp8_e5m2"),
     # DeepSeek-V3 style: 1×128 activations/gradients, 128×128 weights.
-    "fp8_block": _Defaults("fp8_block", "fp8_block", weight_2d=True),
+    "fp8_block": RecipeDefaults("fp8_block", "fp8_block", weight_2d=True),
     # MXFP8 as Transformer Engine computes it: E8M0 scale 2^ceil(log2(amax/448)), rounded up as
     # Mishra et al. (arXiv 2506.08027) recommend, so no block maximum clips; floor = OCP's rule.
-    "mxfp8": _Defaults("mxfp8", "mxfp8", scale_rule="ceil"),
+    "mxfp8": RecipeDefaults("mxfp8", "mxfp8", scale_rule="ceil"),
     # OCP MXFP4 everywhere, round-to-nearest (the NVFP4 paper's MXFP4 baseline).
-    "mxfp4": _Defaults("mxfp4", "mxfp4", scale_rule="floor"),
+    "mxfp4": RecipeDefaults("mxfp4", "mxfp4", scale_rule="floor"),
     # arXiv 2509.25149 §4: 2D 16×16 weights, SR on gradients, 16-point RHT on Wgrad inputs,
     # linear layers of the first 2 and last 8 of the 62 blocks in BF16 (scaled to the model's depth
     # by ``convert``: 1 and 1 of 9 blocks).
-    "nvfp4": _Defaults(
+    "nvfp4": RecipeDefaults(
         "nvfp4", "nvfp4", rht=True, rht_size=16, sr=True, weight_2d=True, bf16_first_blocks=2, bf16_last_blocks=8,
         bf16_reference_depth=62,
-    ),
-    # TetraJet (arXiv 2502.20853 §3): MXFP4 for all six operands, truncation-free ("ceil") scales,
-    # SR on the four backward quantizers Q3–Q6, double quantization; + Q-EMA (§5) / Q-Ramping (§6).
-    "tetrajet": _Defaults("mxfp4", "mxfp4", sr=True, sr_scope="backward", scale_rule="ceil", double_quant=True),
-    "tetrajet_qema": _Defaults(
-        "mxfp4", "mxfp4", sr=True, sr_scope="backward", scale_rule="ceil", double_quant=True, q_ema_decay=0.998
-    ),
-    "tetrajet_qramping": _Defaults(
-        "mxfp4", "mxfp4", sr=True, sr_scope="backward", scale_rule="ceil", double_quant=True, q_ramping=True
     ),
 }
 
@@ -210,18 +189,36 @@ def _check_sr_scale_rule(name: str, specs: dict[str, QuantSpec], allowed: bool) 
             f"recipe {name!r} rounds {', '.join(biased)} stochastically with the floor (OCP) MX scale rule, "
             "which is biased where a block maximum clips (the mean of SR draws of 7.9 in an MXFP4 block of "
             "scale 1 is 6). Set quant.scale_rule=ceil (never clips; TetraJet §3.2) or quant.sr=false; to "
-            "study the biased combination on purpose (e.g. TetraJet's ablation), set quant.allow_biased_sr=true"
+            "study the biased combination on purpose (e.g. the ablation of TetraJet §3.2), set "
+            "quant.allow_biased_sr=true"
         )
+
+
+def _named(cfg: RecipeConfig) -> tuple[RecipeDefaults, str | None, Any]:
+    """The named recipe's defaults, and for a method's recipe the method's name and its options
+    with ``cfg.methods``' switches applied (``None``, ``None`` for a core recipe)."""
+    known = registered()
+    unknown = sorted(set(cfg.methods) - set(known))
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r} in quant.methods; valid: {sorted(known)}")
+    found = named_recipe(cfg.name)
+    if found is None:
+        if cfg.name not in RECIPE_DEFAULTS:
+            valid = sorted([*RECIPE_DEFAULTS, *(r for m in known.values() for r in m.recipes)])
+            raise ValueError(f"unknown recipe {cfg.name!r}; valid: {valid}")
+        return RECIPE_DEFAULTS[cfg.name], None, None
+    method, defaults, options = found
+    if cfg.name in RECIPE_DEFAULTS:
+        raise ValueError(f"recipe name {cfg.name!r} is both a core recipe and method {method.name!r}'s")
+    return defaults, method.name, resolve_options(method, options, cfg.methods.get(method.name, {}))
 
 
 def build_recipe(cfg: RecipeConfig | str) -> Recipe:
     """Resolve a ``RecipeConfig`` (or a bare name) into the six operand specs and layer rules."""
     if isinstance(cfg, str):
         cfg = RecipeConfig(name=cfg)
-    if cfg.name not in RECIPE_DEFAULTS:
-        raise ValueError(f"unknown recipe {cfg.name!r}; valid: {sorted(RECIPE_DEFAULTS)}")
-    d = RECIPE_DEFAULTS[cfg.name]
-    overrides = {f.name: getattr(cfg, f.name) for f in fields(_Defaults) if getattr(cfg, f.name, None) is not None}
+    d, method, options = _named(cfg)
+    overrides = {f.name: getattr(cfg, f.name) for f in fields(RecipeDefaults) if getattr(cfg, f.name, None) is not None}
     d = replace(d, **overrides)
     mx = d.fwd_fmt.startswith("mx") or d.grad_fmt.startswith("mx")
     if d.scale_rule is not None and not mx:
@@ -235,10 +232,6 @@ def build_recipe(cfg: RecipeConfig | str) -> Recipe:
         w_block = (cols[1], cols[1])
     if d.sr_scope not in SR_SCOPES:
         raise ValueError(f"unknown sr_scope {d.sr_scope!r}; valid: {sorted(SR_SCOPES)}")
-    if d.q_ema_decay is not None and not 0 <= d.q_ema_decay < 1:
-        raise ValueError(f"q_ema_decay must be in [0, 1), got {d.q_ema_decay}")
-    if (d.q_ema_decay is not None or d.q_ramping) and d.fwd_fmt not in ("mxfp4", "mxfp8"):
-        raise ValueError(f"Q-EMA and Q-Ramping are defined for MX recipes; recipe {cfg.name!r} uses {d.fwd_fmt}")
     if d.mx_fp8_gemm and "mxfp4" not in (d.fwd_fmt, d.grad_fmt):
         raise ValueError(f"mx_fp8_gemm runs MXFP4 GEMMs on FP8 tensor cores; recipe {cfg.name!r} uses {d.fwd_fmt}/{d.grad_fmt}")
     rht = d.rht_size if d.rht else None
@@ -259,10 +252,6 @@ def build_recipe(cfg: RecipeConfig | str) -> Recipe:
         "x_wgrad": spec("x_wgrad", d.fwd_fmt, **wgrad),
     }
     _check_sr_scale_rule(cfg.name, specs, d.allow_biased_sr)
-    ramping = None
-    if d.q_ramping:
-        given = {k: getattr(cfg, f"ramping_{k}") for k in ("k1", "k2", "n_max", "calib_steps", "every_n_steps")}
-        ramping = QRampingConfig(**{k: v for k, v in given.items() if v is not None})
     return Recipe(
         name=cfg.name,
         **specs,
@@ -274,8 +263,7 @@ def build_recipe(cfg: RecipeConfig | str) -> Recipe:
         include=tuple(cfg.include),
         exclude=tuple(cfg.exclude),
         skip_incompatible=d.skip_incompatible,
-        q_ema_decay=d.q_ema_decay,
-        q_ema_warmup=d.q_ema_warmup,
-        q_ramping=ramping,
         mx_fp8_gemm=d.mx_fp8_gemm,
+        method=method,
+        options=options,
     )

@@ -46,7 +46,6 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.utils.data import Dataset
 
 from fp4train.callbacks import FiniteCheckpoint, QuantStatsLogger, build_callbacks
-from fp4train.tetrajet_callbacks import QRampingCalibration
 from fp4train.convert import ConversionReport, convert
 from fp4train.linear import QuantLinear
 from fp4train.data import build_datasets
@@ -55,11 +54,12 @@ from fp4train.errors import ConfigError
 from fp4train.lit import DIVERGED_FILE, IDENTITY_KEY, MODULES, StepDataModule, TrainModule
 from fp4train.loggers import ResumableCSVLogger
 from fp4train.logs import quiet_library_noise, route_lightning_logs, use_stdout_if_unconfigured
+from fp4train.methods import method_of
 from fp4train.models import HFModelConfig, build_hf_model, build_model
 from fp4train.models.compile import compile_blocks
 from fp4train.optim import OptimConfig
-from fp4train.recipes import OPERANDS, SR_SCOPES, RecipeConfig, build_recipe
-from fp4train.schedule import PrecisionSchedule
+from fp4train.precision_schedule import PrecisionSchedule
+from fp4train.recipes import OPERANDS, SR_SCOPES, Recipe, RecipeConfig, build_recipe
 
 __all__ = [
     "CheckpointConfig", "DataConfig", "LoggerConfig", "ModelConfig", "TrainConfig", "TrainResult",
@@ -106,7 +106,7 @@ class TrainerConfig:
     describes; under ``torchrun`` ``devices=auto`` takes its process counts.
     ``torch_threads``: intra-op threads (``None`` keeps torch's default). ``cuda_graph``: replay
     the training forward and backward from CUDA graphs (one GPU per process, one process or DDP;
-    ``fp4train.graphs``) — the same losses, without the per-kernel host work that bounds small
+    ``fp4train.cuda_graphs``) — the same losses, without the per-kernel host work that bounds small
     models' steps."""
 
     max_steps: int = 200
@@ -332,25 +332,25 @@ def effective_quant_config(cfg: RecipeConfig, report: ConversionReport) -> dict[
     """``cfg``'s fields with the value each switch has in the built recipe (``None`` in ``cfg``
     means "the recipe's default"; here it is resolved), BF16 block counts as applied to the model.
     Switches that do not apply (``sr_scope`` without SR, ``rht_size`` without RHT, ``scale_rule``
-    outside MX, ``ramping_*`` without Q-Ramping) stay ``None``."""
+    outside MX) stay ``None``. Under ``methods``, the recipe's quantization method has the options
+    in force; the other methods' entries are as given (unused)."""
     recipe = build_recipe(cfg)
     specs = [recipe.spec(o) for o in OPERANDS]
     sr = tuple(o for o in OPERANDS if recipe.spec(o).rounding == "sr")
     rht = sorted({s.rht for s in specs if s.rht is not None})
     mx = [s.mx_rule for s in specs if not s.is_identity and s.format.scale == "e8m0"]
     w = recipe.w_fprop.block_shape
-    ramping = recipe.q_ramping
     resolved = {
         "rht": bool(rht), "rht_size": rht[0] if rht else None,
         "sr": bool(sr), "sr_scope": next((k for k, ops in SR_SCOPES.items() if set(ops) == set(sr)), None) if sr else None,
         "weight_2d": w is not None and w[0] > 1, "scale_rule": mx[0] if mx else None,
         "bf16_first_blocks": report.bf16_first_blocks, "bf16_last_blocks": report.bf16_last_blocks,
         "double_quant": recipe.double_quant, "skip_incompatible": recipe.skip_incompatible,
-        "q_ema_decay": recipe.q_ema_decay, "q_ema_warmup": recipe.q_ema_warmup,
-        "q_ramping": ramping is not None, "mx_fp8_gemm": recipe.mx_fp8_gemm,
-        **{f"ramping_{k}": getattr(ramping, k) if ramping else None for k in ("k1", "k2", "n_max", "calib_steps", "every_n_steps")},
+        "mx_fp8_gemm": recipe.mx_fp8_gemm,
     }
     given = asdict(cfg)
+    if recipe.method is not None:
+        resolved["methods"] = {**given["methods"], recipe.method: asdict(recipe.options)}
     return {f.name: resolved[f.name] if f.name in resolved else given[f.name] for f in fields(cfg)}
 
 
@@ -378,7 +378,8 @@ def _loggers(cfg: TrainConfig, out: Path, overrides: list[str], report: Conversi
     return loggers
 
 
-def _callbacks(cfg: TrainConfig, out: Path) -> list[L.Callback]:
+def _callbacks(cfg: TrainConfig, out: Path, recipe: Recipe) -> list[L.Callback]:
+    """Checkpointing, progress bar, quant stats, the recipe's method's callbacks, then ``cfg.callbacks``."""
     ckpt = FiniteCheckpoint(
         dirpath=out / "checkpoints", filename="step_{step}", auto_insert_metric_name=False,
         every_n_train_steps=cfg.checkpoint.every_n_steps or None, save_top_k=-1,
@@ -391,7 +392,9 @@ def _callbacks(cfg: TrainConfig, out: Path) -> list[L.Callback]:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     if cfg.logger.quant_stats_every_n_steps > 0:
         callbacks.append(QuantStatsLogger(cfg.logger.quant_stats_every_n_steps))
-    callbacks.append(QRampingCalibration())  # a no-op unless the recipe has Q-Ramping
+    method = method_of(recipe)
+    if method is not None:
+        callbacks += method.callbacks(recipe)
     return callbacks + build_callbacks(cfg.callbacks)
 
 
@@ -428,8 +431,10 @@ def train(cfg: TrainConfig, overrides: list[str] | None = None) -> TrainResult:
     check_config(cfg)
     if cfg.trainer.cuda_graph and not torch.cuda.is_available():
         raise ConfigError("trainer.cuda_graph=true needs a CUDA GPU; none is visible (set it false on CPU)")
+    with _config_errors(f"recipe {cfg.quant.name!r}"):
+        recipe = build_recipe(cfg.quant)
     with _config_errors("trainer"):  # before any process is started
-        check_strategy(cfg.trainer.strategy, cfg.trainer.precision, cfg.trainer.cuda_graph, build_recipe(cfg.quant))
+        check_strategy(cfg.trainer.strategy, cfg.trainer.precision, cfg.trainer.cuda_graph, recipe)
     overrides = list(overrides or [])
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -455,7 +460,7 @@ def train(cfg: TrainConfig, overrides: list[str] | None = None) -> TrainResult:
     data = StepDataModule(train_set, val_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
     loggers = _loggers(cfg, out, overrides, report, resume_step)
     with _config_errors("callbacks"):
-        callbacks = _callbacks(cfg, out)
+        callbacks = _callbacks(cfg, out, recipe)
     trainer = _trainer(cfg, out, loggers, callbacks)
     split = trainer.world_size * cfg.trainer.accumulate_grad_batches
     if cfg.data.batch_size % split:

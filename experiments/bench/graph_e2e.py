@@ -22,8 +22,8 @@ import torch
 
 CASES = {  # name: overrides
     "vit_qema": ["recipe=tetrajet_vit", "quant=tetrajet_qema", "trainer.max_steps=30"],
-    "vit_qramping": ["recipe=tetrajet_vit", "quant=tetrajet_qramping", "quant.ramping_every_n_steps=10",
-                              "quant.ramping_calib_steps=5", "trainer.max_steps=20"],
+    "vit_qramping": ["recipe=tetrajet_vit", "quant=tetrajet_qramping", "quant.methods.tetrajet.ramping_every_n_steps=10",
+                     "quant.methods.tetrajet.ramping_calib_steps=5", "trainer.max_steps=20"],
     "vit_mxfp4_accumulate2": ["recipe=tetrajet_vit", "quant=mxfp4", "trainer.accumulate_grad_batches=2",
                                         "trainer.max_steps=10"],
     "lm_nvfp4_switch": ["recipe=nvfp4_hybrid_lm", "precision_schedule.switch_at=0.5", "trainer.max_steps=40"],

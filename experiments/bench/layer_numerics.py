@@ -13,7 +13,7 @@ without the input's gradient. Checks (each names what it compares, all bit for b
 * an input that needs no gradient gets no Dgrad GEMM, a frozen weight no Wgrad GEMM;
 * an input changed in place after forward fails backward (an identity-format Wgrad operand);
 * ``saved_tensors_hooks`` that offload every saved tensor to the CPU give the same gradients;
-* on a GPU, a layer called twice per step replays from a CUDA graph (``fp4train.graphs``) with
+* on a GPU, a layer called twice per step replays from a CUDA graph (``fp4train.cuda_graphs``) with
   the eager run's losses, weights and SR counters over three AdamW steps.
 """
 
@@ -132,7 +132,7 @@ def check_in_place_and_offloading(device: str) -> dict[str, bool]:
 
 def check_cuda_graph_two_calls() -> dict[str, bool]:
     """A layer applied twice per step (shared weights), eager against graphed, three AdamW steps."""
-    from fp4train.graphs import capture_training_graph
+    from fp4train.cuda_graphs import capture_training_graph
 
     x = torch.randn(512, 1024, device="cuda")
     out = {}

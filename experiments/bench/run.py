@@ -338,10 +338,10 @@ def check_gemms() -> dict:
 
 
 def check_cuda_graphs() -> dict:
-    """Training steps replayed from CUDA graphs (``fp4train.graphs``) equal eager steps bit for
+    """Training steps replayed from CUDA graphs (``fp4train.cuda_graphs``) equal eager steps bit for
     bit: two ``QuantLinear`` layers per recipe, three AdamW steps from the same weights under
     bf16 autocast; the losses, the final weights and the SR step counters are compared."""
-    from fp4train.graphs import capture_training_graph
+    from fp4train.cuda_graphs import capture_training_graph
     from fp4train.linear import QuantLinear
 
     x = torch.randn(512, 1024, device="cuda")

@@ -13,7 +13,7 @@ over bf16's in the same mode (the same model, size, batch, scan and graph mode).
 runs its Mamba-2 scan as ``--ssd-impl`` says per case (``triton``: mamba_ssm's kernels, which must
 import — ``experiments/bench/build_mamba_ssm.sh`` — or that case reports the error; ``torch``: the
 float32 PyTorch scan). With ``cuda_graph`` the forward and backward are replayed from CUDA graphs
-(``fp4train.graphs``, as ``trainer.cuda_graph=true`` trains).
+(``fp4train.cuda_graphs``, as ``trainer.cuda_graph=true`` trains).
 
 Plans (``--plan``, several allowed; ``--only`` keeps the cases whose label contains any of its words):
 
@@ -157,7 +157,7 @@ def bench(case: Case, steps: int, peak_tflops: float, profile: bool = False, dev
     """Time ``case`` (module doc); the result row. ``device="cpu"`` runs the same code without CUDA
     graphs and memory statistics (the CPU test of this script)."""
     from fp4train.convert import convert
-    from fp4train.graphs import capture_training_graph
+    from fp4train.cuda_graphs import capture_training_graph
     from fp4train.linear import QuantLinear
     from fp4train.models import build_model
     from fp4train.models.compile import compile_blocks

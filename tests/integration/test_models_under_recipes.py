@@ -35,7 +35,7 @@ def test_model_trains_under_recipe_and_reports_its_conversion(name, recipe):
         assert "last 1 blocks in BF16" in table
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     if recipe.startswith("tetrajet"):
-        from fp4train.tetrajet import attach_tetrajet
+        from fp4train.methods.tetrajet import attach_tetrajet
 
         attach_tetrajet(model, opt)
     g = torch.Generator().manual_seed(1)

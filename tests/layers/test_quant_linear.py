@@ -183,9 +183,10 @@ def test_dgrad_transposes_the_fprop_weight_copy_where_that_is_exact(name, reuses
 
 
 def test_q_ema_dgrad_quantizes_the_weight_itself_while_ema_rounds(monkeypatch):
-    from fp4train.tetrajet import QEMALinear
+    from fp4train.methods.tetrajet import QEMALinear
 
-    recipe = build_recipe(RecipeConfig(name="mxfp4", weight_2d=True, q_ema_decay=0.9, q_ema_warmup=0))
+    recipe = build_recipe(RecipeConfig(name="tetrajet_qema", weight_2d=True, sr=False, double_quant=False,
+                                       methods={"tetrajet": {"q_ema_decay": 0.9, "q_ema_warmup": 0}}))
     q = QEMALinear(64, 64, recipe=recipe)
     transposed = []
     monkeypatch.setattr(linear_module, "transpose", lambda qt: transposed.append(qt) or transpose(qt))

@@ -6,8 +6,8 @@ import torch.nn as nn
 
 from fp4train.convert import convert
 from fp4train.linear import QuantLinear
+from fp4train.precision_schedule import PrecisionSchedule
 from fp4train.recipes import OPERANDS, RECIPE_DEFAULTS, RecipeConfig, build_recipe
-from fp4train.schedule import PrecisionSchedule
 
 
 def test_nvfp4_recipe_is_nvidias_table():

@@ -1,5 +1,5 @@
-"""CUDA-graph training (``fp4train.graphs``, ``trainer.cuda_graph``): what a CPU can check — what a
-capture depends on (``graph_key``), and bad input refused by name. The capture itself needs a
+"""CUDA-graph training (``fp4train.cuda_graphs``, ``trainer.cuda_graph``): what a CPU can check —
+what a capture depends on (``graph_key``), and bad input refused by name. The capture itself needs a
 GPU: ``python -m experiments.bench.run`` checks graphed against eager training steps, bit for bit."""
 
 import copy
@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fp4train.graphs import TrainingGraph, capture_training_graph, graph_key
+from fp4train.cuda_graphs import TrainingGraph, capture_training_graph, graph_key
 from fp4train.linear import QuantLinear
 from fp4train.lit import LanguageModelModule
+from fp4train.methods.tetrajet import QEMALinear
 from fp4train.optim import OptimConfig
+from fp4train.precision_schedule import PrecisionSchedule
 from fp4train.recipes import RecipeConfig, build_recipe
-from fp4train.schedule import PrecisionSchedule
-from fp4train.tetrajet import QEMALinear
 from fp4train.train import DataConfig, LoggerConfig, ModelConfig, TrainConfig, TrainerConfig, train
 
 
@@ -31,7 +31,7 @@ def test_graph_key_follows_the_precision_schedule():
 
 
 def test_graph_key_follows_q_emas_warm_up():
-    recipe = build_recipe(RecipeConfig(name="tetrajet_qema", q_ema_decay=0.9, q_ema_warmup=2))
+    recipe = build_recipe(RecipeConfig(name="tetrajet_qema", methods={"tetrajet": {"q_ema_decay": 0.9, "q_ema_warmup": 2}}))
     layer = QEMALinear.from_linear(nn.Linear(64, 32), recipe)
     keys = [graph_key(layer)]
     for _ in range(3):

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from fp4train.convert import convert
+from fp4train.cuda_graphs import check_graph_strategy
 from fp4train.distributed import check_strategy, launch_topology, load_model_state
 from fp4train.distributed import main as distributed_cli
-from fp4train.graphs import check_graph_strategy
 from fp4train.models import build_model
 from fp4train.recipes import RecipeConfig, build_recipe
 from fp4train.train import DataConfig, LoggerConfig, ModelConfig, TrainConfig, TrainerConfig, train
@@ -292,7 +292,7 @@ def test_fsdp_mixed_precision_gathers_bf16_weights_and_keeps_fp32_master_shards(
 
 
 def test_ddp_reduces_what_a_graphed_backward_hands_over_and_nothing_during_capture(tmp_path):
-    """The reasoning behind CUDA graphs under DDP (fp4train.graphs.check_graph_strategy), on the
+    """The reasoning behind CUDA graphs under DDP (fp4train.cuda_graphs.check_graph_strategy), on the
     CPU: ``make_graphed_callables``' autograd structure without the CUDA graph — capture passes that
     take gradients with ``torch.autograd.grad`` inside DDP's forward, then one autograd node whose
     backward hands every parameter its gradient. DDP's reducer (seen through a comm hook) runs for

@@ -116,11 +116,14 @@ def test_a_run_ends_with_a_summary_and_train_log_holds_the_run(tmp_path, capsys)
     "quant, expected",
     [
         (["quant=nvfp4"], dict(rht=True, rht_size=16, sr=True, sr_scope="grad", weight_2d=True, scale_rule=None,
-                               bf16_first_blocks=1, bf16_last_blocks=1, double_quant=False, q_ramping=False)),
+                               bf16_first_blocks=1, bf16_last_blocks=1, double_quant=False)),
         (["quant=nvfp4", "quant.rht=false", "quant.sr=false"], dict(rht=False, rht_size=None, sr=False, sr_scope=None)),
         (["quant=mxfp4"], dict(rht=False, sr=False, weight_2d=False, scale_rule="floor", bf16_last_blocks=0)),
-        (["quant=tetrajet_qramping"], dict(sr=True, sr_scope="backward", scale_rule="ceil", double_quant=True,
-                                           q_ramping=True, ramping_k1=16.0, ramping_every_n_steps=1000)),
+        # a method's recipe: its options in force under quant.methods.<method>
+        (["quant=tetrajet_qramping", "quant.methods.tetrajet.ramping_k1=8"], dict(
+            sr=True, sr_scope="backward", scale_rule="ceil", double_quant=True,
+            methods={"tetrajet": dict(q_ema_decay=None, q_ema_warmup=10, q_ramping=True, ramping_k1=8.0, ramping_k2=5,
+                                      ramping_n_max=16, ramping_calib_steps=30, ramping_every_n_steps=1000)})),
     ],
 )
 def test_wandb_config_holds_the_recipe_switches_in_force(quant, expected):

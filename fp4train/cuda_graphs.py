@@ -13,9 +13,9 @@ from the eager one where PyTorch runs other kernels under capture: the hybrid LM
 bf16 included; the ViT's and stacked ``QuantLinear``s' are equal bit for bit. NOTES.md v8.)
 
 A graph is valid for the input shapes it was captured with and for the Python-side choices its
-modules made then (a precision schedule's switch, Q-EMA's warm-up): ``graph_key`` names those
-choices, and a changed key means capturing again. A replay runs no Python, so module hooks
-would not fire: steps with hooks registered run eagerly (``has_hooks``).
+modules made then (a precision schedule's switch, a method's choice of weight rounding):
+``graph_key`` names those choices, and a changed key means capturing again. A replay runs no
+Python, so module hooks would not fire: steps with hooks registered run eagerly (``has_hooks``).
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ VARIANTS = ["bf16", "mxfp4", "tetrajet", "tetrajet_qema", "tetrajet_qramping"]
 def test_tetrajet_study_runs_every_variant_and_compares_them(tmp_path, capsys):
     run_main(
         "recipe=tetrajet_vit", *DEBUG, "trainer.max_steps=4", "data.batch_size=32",
-        "+model.overrides.depth=2", "callbacks.0.window=2", "quant.ramping_every_n_steps=2",
-        "quant.ramping_calib_steps=2", "quant.q_ema_warmup=1", f"hydra.sweep.dir={tmp_path}",
+        "+model.overrides.depth=2", "callbacks.0.window=2", "quant.methods.tetrajet.ramping_every_n_steps=2",
+        "quant.methods.tetrajet.ramping_calib_steps=2", "quant.methods.tetrajet.q_ema_warmup=1", f"hydra.sweep.dir={tmp_path}",
         "quant=" + ",".join(VARIANTS), multirun=True,
     )
     out = capsys.readouterr().out
@@ -40,7 +40,7 @@ def test_q_ramping_run_resumes_exactly_and_calibration_leaves_the_data_stream_al
     from tests.train.conftest import TINY_VIT, read_metrics
 
     common = [*TINY_VIT, "quant=tetrajet_qramping", "trainer.max_steps=6", "data.num_workers=2",
-              "quant.ramping_every_n_steps=2", "quant.ramping_calib_steps=2"]  # no recipe: attached by default
+              "quant.methods.tetrajet.ramping_every_n_steps=2", "quant.methods.tetrajet.ramping_calib_steps=2"]  # no recipe: attached by default
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     run_main(*common, "checkpoint.every_n_steps=3", f"hydra.run.dir={full}")
     ckpt = full / "checkpoints" / "step_3.ckpt"

@@ -1,7 +1,9 @@
-"""Lightning callbacks for TetraJet: oscillation metrics and Q-Ramping's periodic calibration.
+"""Lightning callbacks for TetraJet: oscillation metrics (§4, App. A) and Q-Ramping's periodic
+calibration (§6).
 
-Both plug in by config (``callbacks: [{_target_: fp4train.tetrajet_callbacks.OscillationLogger}]``);
-the math is in ``fp4train.tetrajet``.
+``QRampingCalibration`` is added to runs of a Q-Ramping recipe by the method itself
+(``Method.callbacks``); ``OscillationLogger`` plugs in by config
+(``callbacks: [{_target_: fp4train.methods.tetrajet.callbacks.OscillationLogger}]``).
 """
 
 from __future__ import annotations
@@ -11,10 +13,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from torch.utils.data import DataLoader
-
-from fp4train.lit import StepDataModule, StepSampler
-from fp4train.tetrajet import OscillationTracker, QRamping
+from fp4train.methods.tetrajet.oscillation import OscillationTracker
+from fp4train.methods.tetrajet.qramping import QRamping
 
 __all__ = ["OscillationLogger", "QRampingCalibration"]
 
@@ -56,14 +56,15 @@ class OscillationLogger(L.Callback):
 
 class QRampingCalibration(L.Callback):
     """Runs ``QRamping.calibrate`` every ``every_n_steps`` optimizer steps (and at step 0):
-    ``calib_steps`` plain steps on the batches training is about to see (a loader of its own over
-    the same ``StepSampler`` stream, so training's stream is untouched and a resumed run calibrates
-    on the same data), under the run's autocast and gradient clipping, then undone.
+    ``calib_steps`` plain steps on the batches training is about to see (the datamodule's
+    ``batches_from``: a loader of its own over the same stream, so training's stream is untouched
+    and a resumed run calibrates on the same data), under the run's autocast and gradient
+    clipping, then undone.
 
-    Finds the ``QRamping`` that ``fp4train.tetrajet.attach_tetrajet`` put on the optimizer
-    (``optimizer.qramping``); does nothing for runs without one. The interval defaults to the
-    recipe's ``QRampingConfig``. The Q-Ramping state (periods, accumulated gradients) is saved
-    in checkpoints through this callback.
+    Finds the ``QRamping`` that ``attach_tetrajet`` put on the optimizer (``optimizer.qramping``);
+    does nothing for runs without one. The interval defaults to the recipe's ``QRampingConfig``.
+    The Q-Ramping state (periods, accumulated gradients) is saved in checkpoints through this
+    callback.
     """
 
     def __init__(self, every_n_steps: int | None = None) -> None:
@@ -84,23 +85,18 @@ class QRampingCalibration(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self._pending = state_dict or None
 
-    def _calibration_batches(self, trainer: L.Trainer):
-        dm = trainer.datamodule
-        if not isinstance(dm, StepDataModule):
-            raise TypeError(f"QRampingCalibration needs fp4train's StepDataModule, got {type(dm).__name__}")
-        accum = trainer.accumulate_grad_batches
-        sampler = StepSampler(len(dm.train_set), dm.micro_batch(), trainer.world_size, trainer.global_rank,
-                              dm.seed, trainer.global_step * accum)
-        return iter(DataLoader(dm.train_set, batch_size=dm.micro_batch(), sampler=sampler))
-
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         ramp, accum = self.ramp, trainer.accumulate_grad_batches
         if ramp is None or batch_idx % accum:
             return
         if trainer.global_step % (self.every_n_steps or ramp.config.every_n_steps):
             return
+        dm = trainer.datamodule
+        if not hasattr(dm, "batches_from"):
+            raise TypeError(f"QRampingCalibration needs a datamodule with batches_from (fp4train.lit.StepDataModule), "
+                            f"got {type(dm).__name__}")
         optimizer = trainer.optimizers[0]
-        batches = self._calibration_batches(trainer)
+        batches = dm.batches_from(trainer.global_step)
 
         def run_step() -> None:
             for _ in range(accum):

@@ -9,15 +9,16 @@ from fp4train import QuantSpec, fake_quantize
 from fp4train.convert import convert
 from fp4train.linear import QuantLinear
 from fp4train.quant.stats import quant_stats
-from fp4train.recipes import OPERANDS, QRampingConfig, RecipeConfig, build_recipe
-from fp4train.tetrajet import (
+from fp4train.methods.tetrajet import (
     OscillationTracker,
     QEMALinear,
     QRamping,
+    QRampingConfig,
     attach_tetrajet,
     ema_round,
     quantization_confidence,
 )
+from fp4train.recipes import OPERANDS, RecipeConfig, build_recipe
 from fp4train.quant import dequantize
 
 MX = QuantSpec("mxfp4", scale_rule="ceil")
@@ -76,7 +77,7 @@ def test_q_ema_with_decay_zero_equals_plain_quantization():
     torch.manual_seed(0)
     base = nn.Linear(64, 64)
     plain = QuantLinear.from_linear(copy.deepcopy(base), build_recipe("tetrajet"))
-    ema = QEMALinear.from_linear(copy.deepcopy(base), build_recipe(RecipeConfig(name="tetrajet_qema", q_ema_decay=0.0, q_ema_warmup=0)))
+    ema = QEMALinear.from_linear(copy.deepcopy(base), build_recipe(RecipeConfig(name="tetrajet_qema", methods={"tetrajet": {"q_ema_decay": 0.0, "q_ema_warmup": 0}})))
     for a, b in zip(train_steps(plain), train_steps(ema)):
         assert torch.equal(a, b)
     assert ema.ema_updates == 6 and torch.equal(plain.weight, ema.weight)
