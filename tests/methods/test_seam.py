@@ -82,7 +82,7 @@ def test_a_method_options_node_refuses_unknown_options_and_wrong_types():
         build_recipe(RecipeConfig("tetrajet_qema", methods={"tetrajet": {"q_ema_decy": 0.9}}))
     with pytest.raises(ValueError, match=r"quant.methods.tetrajet.q_ema_warmup: Value 'soon'"):
         build_recipe(RecipeConfig("tetrajet_qema", methods={"tetrajet": {"q_ema_warmup": "soon"}}))
-    with pytest.raises(ValueError, match=r"quant.methods.tetrajett sets options of an unknown method; valid: \['tetrajet'\]"):
+    with pytest.raises(ValueError, match=r"quant.methods.tetrajett sets options of an unknown method; valid: \['quartet', 'tetrajet'\]"):
         build_recipe(RecipeConfig("tetrajet_qema", methods={"tetrajett": {"q_ema_decay": 0.9}}))
 
 
