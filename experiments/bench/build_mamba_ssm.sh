@@ -13,17 +13,20 @@ MAMBA_SSM=2.3.2.post1
 GENCODE=${GENCODE:-arch=compute_90,code=sm_90}
 SITE=${SITE:-/tmp/site}
 SDIST=.whl/mamba_ssm-$MAMBA_SSM.tar.gz
+# the Python that has the CUDA torch: a bare `pip` can be another interpreter's (on the lent H200,
+# /usr/local's pip beside /opt/torch/.venv's python3), whose build then finds no torch
+PYTHON=${PYTHON:-python3}
 
 wheel=$(ls .whl/mamba_ssm-$MAMBA_SSM-cp*-linux_x86_64.whl 2>/dev/null | head -n1 || true)
 if [ -z "$wheel" ]; then
   [ -f "$SDIST" ] || { echo "missing $SDIST: run experiments/bench/gpu_wheels.sh where PyPI is reachable" >&2; exit 1; }
   command -v nvcc >/dev/null || { echo "nvcc not found: mamba-ssm's CUDA extension needs the CUDA toolkit" >&2; exit 1; }
-  python -c "import ninja" 2>/dev/null || command -v ninja >/dev/null || echo "warning: no ninja: the build runs serially (MAX_JOBS is ignored)" >&2
+  "$PYTHON" -c "import ninja" 2>/dev/null || command -v ninja >/dev/null || echo "warning: no ninja: the build runs serially (MAX_JOBS is ignored)" >&2
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   tar -xzf "$SDIST" -C "$tmp"
   src=$tmp/mamba_ssm-$MAMBA_SSM
-  GENCODE=$GENCODE python - "$src/setup.py" <<'PY'
+  GENCODE=$GENCODE "$PYTHON" - "$src/setup.py" <<'PY'
 import os, sys
 path = sys.argv[1]
 text = open(path).read()
@@ -35,13 +38,13 @@ open(path, "w").write(text.replace(anchor, patch + anchor))
 PY
   arch=${GENCODE##*code=sm_}
   TORCH_CUDA_ARCH_LIST="${arch:0:-1}.${arch: -1}" MAMBA_FORCE_BUILD=TRUE MAX_JOBS=${MAX_JOBS:-16} \
-    pip wheel --no-deps --no-build-isolation -w .whl "$src"
+    "$PYTHON" -m pip wheel --no-deps --no-build-isolation -w .whl "$src"
   wheel=$(ls .whl/mamba_ssm-$MAMBA_SSM-cp*-linux_x86_64.whl | head -n1)
 fi
 others=$(ls .whl/*-py3-none-any.whl)  # einops, and Hydra's three when gpu_wheels.sh fetched them
 echo "installing $wheel and" $others "into $SITE"
-pip install --no-deps --no-index --no-compile --upgrade --target "$SITE" "$wheel" $others
-PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} python -c "
+"$PYTHON" -m pip install --no-deps --no-index --no-compile --upgrade --target "$SITE" "$wheel" $others
+PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" -c "
 from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
 import mamba_ssm; print('mamba_ssm', mamba_ssm.__version__, 'imports from', mamba_ssm.__file__)"
