@@ -43,7 +43,7 @@ import triton.language as tl
 
 from fp4train.quant.api import QuantizedTensor
 from fp4train.quant.blocks import expand_blocks
-from fp4train.quant.formats import _exp2, unpack_fp4
+from fp4train.quant.formats import pow2, unpack_fp4
 
 from .quantize import _interpreting
 
@@ -110,7 +110,7 @@ def mx_to_e4m3_reference(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tenso
     codes = torch.where(window_el, _e4m3_magnitudes(mag, j_el), 0) | ((c & 8) << 4)
     codes = torch.where(nan_el, _E4M3_NAN, codes)
     row_exact = ~((mag != 0) & ~window_el & ~nan_el).any(dim=1)
-    return codes.to(torch.uint8), _exp2(r - 6)[:, None], row_exact
+    return codes.to(torch.uint8), pow2(r - 6)[:, None], row_exact
 
 
 # ----------------------------------------------------------------------------- kernel

@@ -30,13 +30,13 @@ import triton
 import triton.language as tl
 
 from fp4train.quant.api import QuantizedTensor
-from fp4train.quant.blocks import _FP4_MAX_RECIPROCAL
+from fp4train.quant.blocks import FP4_MAX_RECIPROCAL
 from fp4train.quant.hadamard import rht_matrix
 from fp4train.quant.spec import QuantSpec
 
 __all__ = ["supports", "pairable", "quantize_fp4", "quantize_fp4_pair"]
 
-_ONE_SIXTH = float(_FP4_MAX_RECIPROCAL)  # fp32(1/6), exactly as the reference multiplies
+_ONE_SIXTH = float(FP4_MAX_RECIPROCAL)  # fp32(1/6), exactly as the reference multiplies
 _ROW_TILE = (32, 256, 8)  # (BM, BK, num_warps) when only the row-wise orientation is written
 _TILE_ELEMENTS_PER_THREAD = 64  # both orientations in one program: BM × VEC per thread
 _ROW_ELEMENTS_PER_THREAD = 32  # the row-wise program of a split tile (64 spilled registers)
@@ -50,7 +50,7 @@ _RHT_SIZES = (16, 32)
 @triton.jit
 def _floor_log2(a):
     """Exact ``floor(log2(a))`` (int32) of finite ``a > 0``, subnormals included: equals
-    ``formats._floor_log2`` (``frexp``). The mantissa of a subnormal converts to float exactly."""
+    ``formats.floor_log2`` (``frexp``). The mantissa of a subnormal converts to float exactly."""
     bits = a.to(tl.int32, bitcast=True)
     exp_field = (bits >> 23) & 0xFF
     mant = (bits & 0x7FFFFF).to(tl.float32)
