@@ -45,7 +45,7 @@ from fp4train.quant.api import QuantizedTensor
 from fp4train.quant.blocks import expand_blocks
 from fp4train.quant.formats import pow2, unpack_fp4
 
-from .quantize import _interpreting
+from .triton_common import interpreting
 
 __all__ = ["ROW_EXPONENT_LIMIT", "DEFAULT_CONFIG", "mx_to_e4m3", "mx_to_e4m3_reference", "mx_to_e4m3_triton"]
 
@@ -232,6 +232,6 @@ def mx_to_e4m3_triton(
 def mx_to_e4m3(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(codes, row_scale, row_exact)`` of an MXFP4 operand (see ``mx_to_e4m3_reference``): by the
     Triton kernel on CUDA and under ``TRITON_INTERPRET=1``, else by the reference."""
-    if qt.data.is_cuda or _interpreting():
+    if qt.data.is_cuda or interpreting():
         return mx_to_e4m3_triton(qt)
     return mx_to_e4m3_reference(qt)

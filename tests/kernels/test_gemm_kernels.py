@@ -132,11 +132,11 @@ def test_tma_output_tile_is_stored_in_halves_where_whole_does_not_fit(monkeypatc
     import fp4train.kernels.gemm as gemm
 
     dev = torch.device("cuda", 0)
-    monkeypatch.setattr(gemm, "_interpreting", lambda: False)
-    monkeypatch.setattr(gemm, "_device_limits", lambda device: (132, 232448))
+    monkeypatch.setattr(gemm, "interpreting", lambda: False)
+    monkeypatch.setattr(gemm, "device_limits", lambda device: (132, 232448))
     assert gemm._output_subtiles(gemm.TMA_CONFIG, torch.bfloat16, dev) == 1
     assert gemm._output_subtiles(gemm.TMA_CONFIG, torch.float32, dev) == 2
-    monkeypatch.setattr(gemm, "_device_limits", lambda device: (132, 101376))
+    monkeypatch.setattr(gemm, "device_limits", lambda device: (132, 101376))
     assert gemm._output_subtiles(gemm.TMA_CONFIG, torch.float32, dev) is None
 
 
