@@ -8,7 +8,7 @@ tensor amax, NaN propagating), then ``_fp8_kernel``, which reads each tile once 
 codes of one or both orientations — the column-wise copy (``x.T`` quantized, the operand layout
 that ``_scaled_mm`` wants for Dgrad and Wgrad) through a transposed store.
 
-Per element, as ``api.quantize``: ``s_enc = min(max/amax, FLT_MAX)`` (``blocks.fp32_scale``,
+Per element, as ``reference.quantize``: ``s_enc = min(max/amax, FLT_MAX)`` (``blocks.fp32_scale``,
 correctly rounded), then ``RN-even(clamp(x·s_enc, ±max))`` on the FP8 grid. The rounding is done
 with integer operations on the float32 bits (``triton_common.fp8_rn``), not by the hardware cast:
 Triton's interpreter, which runs these kernels in CI, truncates in its float→FP8 cast.
@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4train.quant.api import QuantizedTensor
+from fp4train.quant.tensor import QuantizedTensor
 from fp4train.quant.spec import QuantSpec
 
 from .triton_common import amax_kernel, fp8_rn, indexable_by_int32, load_tile, placeholder, tensor_scales, tile_origin
@@ -61,7 +61,7 @@ def _fp8_kernel(
     ROW: tl.constexpr, ROW_MAN: tl.constexpr, ROW_BIAS: tl.constexpr, ROW_MAX: tl.constexpr,
     COL: tl.constexpr, COL_MAN: tl.constexpr, COL_BIAS: tl.constexpr, COL_MAX: tl.constexpr,
 ):
-    """``api.quantize(x, row_spec)`` (ROW: codes (M, K)) and ``api.quantize(x.T, col_spec)`` (COL:
+    """``reference.quantize(x, row_spec)`` (ROW: codes (M, K)) and ``reference.quantize(x.T, col_spec)`` (COL:
     codes (K, M)) of one (BM, BK) tile, given the tensor amax (int32 bits) at ``amax_ptr``."""
     r0, c0, _ = tile_origin(M, K, BM, BK, True, 1)  # after the amax pass: start where it ended (L2)
     x = load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC).to(tl.float32)

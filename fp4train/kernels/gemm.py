@@ -1,6 +1,6 @@
 """Emulated FP4 GEMM in Triton, and real FP8 GEMMs through ``torch._scaled_mm``.
 
-``fp4_matmul(a, b)`` equals ``fp4train.gemm.quantized_matmul(a, b)`` for two FP4 operands
+``fp4_matmul(a, b)`` equals ``fp4train.quant.matmul.quantized_matmul(a, b)`` for two FP4 operands
 (NVFP4 or MXFP4, any supported block). ``A' = element · block_scale`` has at most 2 + 4
 significant bits, so it is exact in bf16; the bf16 tensor cores multiply exactly and accumulate
 in FP32; the tensor scales are applied at the end, ``(acc · t_a) · t_b``, in the reference's
@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4train.quant.api import QuantizedTensor
+from fp4train.quant.tensor import QuantizedTensor
 
 from .fp8 import FP8_DTYPES
 from .mx_fp8 import mx_to_e4m3
@@ -138,7 +138,7 @@ def _gemm_kernel(
     B_BR: tl.constexpr, B_BC: tl.constexpr, B_MX: tl.constexpr,
     HAS_TA: tl.constexpr, HAS_TB: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
-    """``C = ((A' B'ᵀ) · t_a) · t_b`` (``fp4train.gemm.quantized_matmul``) for ``A`` (M, K) and
+    """``C = ((A' B'ᵀ) · t_a) · t_b`` (``fp4train.quant.matmul.quantized_matmul``) for ``A`` (M, K) and
     ``B`` (N, K). ``FUSED``: ``a_ptr``/``b_ptr`` hold packed FP4 codes, dequantized per tile in
     registers; else they hold ``A'``/``B'`` in bf16 (``_dequant_kernel``). Grouped program order
     for L2 reuse. ``FIXUP``: only the tiles with a row of ``A`` or ``B`` whose flag at

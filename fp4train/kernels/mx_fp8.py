@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4train.quant.api import QuantizedTensor
+from fp4train.quant.tensor import QuantizedTensor
 from fp4train.quant.blocks import expand_blocks
 from fp4train.quant.formats import pow2, unpack_fp4
 

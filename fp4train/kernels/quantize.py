@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4train.quant.api import QuantizedTensor
+from fp4train.quant.tensor import QuantizedTensor
 from fp4train.quant.blocks import FP4_MAX_RECIPROCAL
 from fp4train.quant.hadamard import rht_matrix
 from fp4train.quant.spec import QuantSpec
@@ -129,7 +129,7 @@ def _quantize_tile(
     """Quantize the float32 tile ``v`` (R, C) at ``(row0, col0)`` of an ``(n_rows, n_cols)``
     matrix with blocks (BR, BC) along its last dim, and store its packed codes, scale codes and
     (NVFP4, first tile only) the tensor decode scale ``s_dec`` at ``ts_ptr``:
-    equals the body of ``api.quantize`` after the RHT (block amax, ``mx_scale_codes`` or
+    equals the body of ``reference.quantize`` after the RHT (block amax, ``mx_scale_codes`` or
     ``nvfp4_block_scale`` + ``encode(sb, E4M3)``, ``round_to_grid``, ``encode``, ``pack_fp4``)."""
     rows = row0 + tl.arange(0, R)
     cols = col0 + tl.arange(0, C)
@@ -203,7 +203,7 @@ def _quantize_rows(
     BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, MX: tl.constexpr, MX_CEIL: tl.constexpr,
     RHT: tl.constexpr, SR: tl.constexpr, PHILOX: tl.constexpr, ONE_SIXTH: tl.constexpr,
 ):
-    """The row-wise orientation of the (BM, BK) tile ``x`` at ``(r0, c0)``: ``api.quantize(x, spec)``."""
+    """The row-wise orientation of the (BM, BK) tile ``x`` at ``(r0, c0)``: ``reference.quantize(x, spec)``."""
     if RHT > 0:
         x = rht(x, h_ptr, BM, BK, RHT)
     _quantize_tile(x.to(tl.float32), r0, c0, M, K, codes, scales, amax_ptr, ts_ptr, rand, seed, counter_ptr,
@@ -221,7 +221,7 @@ def _quantize_kernel(
     ROW_RHT: tl.constexpr, COL_RHT: tl.constexpr, ROW_SR: tl.constexpr, COL_SR: tl.constexpr,
     PHILOX: tl.constexpr, ONE_SIXTH: tl.constexpr,
 ):
-    """``api.quantize(x, spec)`` (ROW) and ``api.quantize(x.T, spec_col)`` (COL) of each (BM, BK)
+    """``reference.quantize(x, spec)`` (ROW) and ``reference.quantize(x.T, spec_col)`` (COL) of each (BM, BK)
     tile of ``x``; the tensor amaxes come from ``amax_kernel``. ``*_RHT``: RHT size (0: none);
     ``*_SR``: SR random bits per element (0: RN).
 

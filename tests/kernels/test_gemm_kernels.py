@@ -1,10 +1,10 @@
-"""The emulated FP4 GEMM equals ``fp4train.gemm.quantized_matmul`` up to FP32 summation order
+"""The emulated FP4 GEMM equals ``fp4train.quant.matmul.quantized_matmul`` up to FP32 summation order
 (its products are exact), run on the CPU by Triton's interpreter (see conftest.py)."""
 
 import pytest
 import torch
 
-from fp4train.gemm import quantized_matmul
+from fp4train.quant.matmul import quantized_matmul
 from fp4train.kernels.gemm import _triton_gemm, dequantize_fp4, fp4_matmul, fp4_supported, fp8_supported, mx_fp8_supported
 from fp4train.quant import QuantSpec, quantize
 

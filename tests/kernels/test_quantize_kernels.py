@@ -319,7 +319,7 @@ def test_tensors_of_2_to_the_31_elements_are_left_to_the_reference():
     wrap around silently); one element fewer may. Shapes only: meta tensors allocate nothing."""
     from fp4train.kernels.fp8 import fp8_quantize_supported
     from fp4train.kernels.gemm import fp4_supported, mx_fp8_supported
-    from fp4train.quant.api import QuantizedTensor
+    from fp4train.quant.tensor import QuantizedTensor
 
     big = torch.empty(2**16, 2**15, dtype=torch.bfloat16, device="meta")
     below = torch.empty(2**16 - 32, 2**15, dtype=torch.bfloat16, device="meta")
