@@ -1,7 +1,7 @@
 """Lightning callbacks of the training loop, and the builder of the extra ones named in config.
 
 * ``QuantStatsLogger``: every ``every_n_steps`` optimizer steps, per ``QuantLinear``, the
-  clipped/flushed fractions and QSNR (``fp4train.quant.stats.quant_stats``) of its weight, its
+  clipped/flushed fractions and QSNR (``fp4train.quant_stats.quant_stats``) of its weight, its
   last input and its last output gradient, each under the spec of the GEMM operand it becomes.
   Input and gradient are captured by hooks registered only for those steps.
 * ``FiniteCheckpoint``: Lightning's ``ModelCheckpoint`` that refuses to write a checkpoint
@@ -24,7 +24,7 @@ from torch.distributed.tensor import DTensor
 
 from fp4train.linear import QuantLinear
 from fp4train.optim import resolve_target
-from fp4train.quant.stats import quant_stats
+from fp4train.quant_stats import quant_stats
 
 __all__ = ["FiniteCheckpoint", "QuantStatsLogger", "build_callbacks", "first_non_finite"]
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 class QuantStatsLogger(L.Callback):
     """Logs ``quant/<layer>/<operand>_<stat>`` every ``every_n_steps`` steps (from step 0), with
     ``<stat>`` the clipped, flushed and block-flushed fractions and the QSNR
-    (``fp4train.quant.stats.quant_stats``) and ``<operand>``: ``w`` (the weight, Fprop spec),
+    (``fp4train.quant_stats.quant_stats``) and ``<operand>``: ``w`` (the weight, Fprop spec),
     ``x`` (the input, Fprop spec), ``dy`` (the output gradient, Dgrad spec), and the Wgrad copies
     ``x_wgrad``, ``dy_wgrad`` (transposed: blocks and RHT along tokens). Each is measured on the
     tensor the layer quantizes: the input after autocast's cast, the gradient as backward

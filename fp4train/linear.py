@@ -2,7 +2,7 @@
 
 Fprop ``y = x Wᵀ``, Dgrad ``dx = dy W`` and Wgrad ``dW = dyᵀ x`` each quantize both inputs
 along that GEMM's reduction dimension with the recipe's spec for that operand (see
-``fp4train.recipes``), then multiply with ``fp4train.gemm.quantized_matmul`` (exact products,
+``fp4train.recipes``), then multiply with ``fp4train.dispatch.quantized_matmul`` (exact products,
 FP32 accumulation). What backward needs is saved quantized and packed: the Wgrad copy of ``x``
 (quantized along tokens in forward), and ``W`` itself (a parameter: saving it costs nothing).
 Where Dgrad's copy of ``W`` is Fprop's transposed (square weight blocks or one scale per tensor,
@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fp4train.gemm import quantized_matmul
+from fp4train.dispatch import quantized_matmul
 from fp4train.quant import (
     QuantizedTensor,
     QuantSpec,

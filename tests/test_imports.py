@@ -1,5 +1,5 @@
 """Every module imports on the CPU, the GPU-only ones included (the CPU tests never reach
-``fp4train.kernels.dispatch`` through ``quantize``, so a broken GPU module would pass them)."""
+the kernels through ``fp4train.dispatch``, so a broken GPU module would pass them)."""
 
 import importlib
 import pkgutil

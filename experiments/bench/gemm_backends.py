@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from triton.testing import do_bench
 
-from fp4train.gemm import quantized_matmul
 from fp4train.kernels.gemm import fp4_matmul
 from fp4train.linear import QuantLinear
 from fp4train.quant import QuantSpec, quantize
+from fp4train.quant.matmul import quantized_matmul
 
 M, K, N = 8192, 4096, 4096
 

@@ -29,13 +29,13 @@ import torch
 import triton
 from triton.testing import do_bench, do_bench_cudagraph
 
-import fp4train.kernels.dispatch as dispatch
-from fp4train.gemm import quantized_matmul
+import fp4train.dispatch as dispatch
 from fp4train.kernels.gemm import DEFAULT_CONFIG, FUSED_CONFIG, TMA_CONFIG, _rowwise_out_dtypes, dequantize_fp4, fp4_matmul, fp8_matmul, mx_fp8_matmul
 from fp4train.kernels.mx_fp8 import mx_to_e4m3, mx_to_e4m3_reference
 from fp4train.kernels.fp8 import quantize_fp8
 from fp4train.kernels.quantize import quantize_fp4_pair
 from fp4train.quant import QuantizedTensor, QuantSpec, quantize, transpose
+from fp4train.quant.matmul import quantized_matmul
 from fp4train.recipes import RecipeConfig, build_recipe
 
 from .peers import agreement, torchao_quantizers

@@ -2,15 +2,15 @@
 
 ``quantize_fp8(x, row_spec, col_spec)`` equals ``(quantize(x, row_spec), quantize(x_mat.T,
 col_spec))`` of ``fp4train.quant`` for per-tensor ``fp8_e4m3`` / ``fp8_e5m2`` with round-to-nearest
-and no RHT, bit for bit (the codes of finite values and the FP32 decode scale). Two launches: the
-FP4 quantizer's ``_amax_kernel`` (one read of ``x``: the tensor amax, NaN propagating), then
-``_fp8_kernel``, which reads each tile once and writes the codes of one or both orientations — the
-column-wise copy (``x.T`` quantized, the operand layout that ``_scaled_mm`` wants for Dgrad and
-Wgrad) through a transposed store.
+and no RHT, bit for bit (the codes of finite values and the FP32 decode scale). Two launches:
+the amax pass shared with the FP4 quantizer (``triton_common.amax_kernel``, one read of ``x``: the
+tensor amax, NaN propagating), then ``_fp8_kernel``, which reads each tile once and writes the
+codes of one or both orientations — the column-wise copy (``x.T`` quantized, the operand layout
+that ``_scaled_mm`` wants for Dgrad and Wgrad) through a transposed store.
 
-Per element, as ``api.quantize``: ``s_enc = min(max/amax, FLT_MAX)`` (``blocks.fp32_scale``,
+Per element, as ``reference.quantize``: ``s_enc = min(max/amax, FLT_MAX)`` (``blocks.fp32_scale``,
 correctly rounded), then ``RN-even(clamp(x·s_enc, ±max))`` on the FP8 grid. The rounding is done
-with integer operations on the float32 bits (``quantize._fp8_rn``), not by the hardware cast:
+with integer operations on the float32 bits (``triton_common.fp8_rn``), not by the hardware cast:
 Triton's interpreter, which runs these kernels in CI, truncates in its float→FP8 cast.
 """
 
@@ -20,10 +20,10 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4train.quant.api import QuantizedTensor
+from fp4train.quant.tensor import QuantizedTensor
 from fp4train.quant.spec import QuantSpec
 
-from .quantize import _amax_kernel, _fp8_rn, _load_tile, _placeholder, _tensor_scales, _tile_origin, indexable_by_int32
+from .triton_common import amax_kernel, fp8_rn, indexable_by_int32, load_tile, placeholder, tensor_scales, tile_origin
 
 __all__ = ["FP8_DTYPES", "fp8_quantize_supported", "quantize_fp8"]
 
@@ -38,7 +38,7 @@ def _fp8_codes(v, MAN: tl.constexpr, BIAS: tl.constexpr, MAX: tl.constexpr):
     the sign goes to bit 7 (``-0.0`` → 0x80) and NaN to 0x7F (a NaN in E4M3 and E5M2)."""
     bits = v.to(tl.int32, bitcast=True)
     a = tl.minimum((bits & 0x7FFFFFFF).to(tl.float32, bitcast=True), MAX)
-    code, _ = _fp8_rn(a, MAN, BIAS)
+    code, _ = fp8_rn(a, MAN, BIAS)
     code = tl.where(v != v, 0x7F, code | ((bits >> 24) & 0x80))
     return code.to(tl.uint8)
 
@@ -48,7 +48,7 @@ def _quantize_fp8_tile(x, amax, codes_ptr, ts_ptr, rows, cols, n_cols, mask,
                        MAN: tl.constexpr, BIAS: tl.constexpr, MAX: tl.constexpr):
     """Codes of the float32 tile ``x`` (its element ``[i, j]`` goes to ``codes[rows[i], cols[j]]``
     of a matrix with ``n_cols`` columns); the first program also writes the decode scale."""
-    s_enc, s_dec = _tensor_scales(amax, MAX)
+    s_enc, s_dec = tensor_scales(amax, MAX)
     tl.store(codes_ptr + rows[:, None] * n_cols + cols[None, :], _fp8_codes(x * s_enc, MAN, BIAS, MAX), mask=mask)
     if tl.program_id(0) == 0:
         tl.store(ts_ptr, s_dec)
@@ -61,10 +61,10 @@ def _fp8_kernel(
     ROW: tl.constexpr, ROW_MAN: tl.constexpr, ROW_BIAS: tl.constexpr, ROW_MAX: tl.constexpr,
     COL: tl.constexpr, COL_MAN: tl.constexpr, COL_BIAS: tl.constexpr, COL_MAX: tl.constexpr,
 ):
-    """``api.quantize(x, row_spec)`` (ROW: codes (M, K)) and ``api.quantize(x.T, col_spec)`` (COL:
+    """``reference.quantize(x, row_spec)`` (ROW: codes (M, K)) and ``reference.quantize(x.T, col_spec)`` (COL:
     codes (K, M)) of one (BM, BK) tile, given the tensor amax (int32 bits) at ``amax_ptr``."""
-    r0, c0, _ = _tile_origin(M, K, BM, BK, True, 1)  # after the amax pass: start where it ended (L2)
-    x = _load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC).to(tl.float32)
+    r0, c0, _ = tile_origin(M, K, BM, BK, True, 1)  # after the amax pass: start where it ended (L2)
+    x = load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC).to(tl.float32)
     amax = tl.load(amax_ptr).to(tl.float32, bitcast=True)
     rows = r0 + tl.arange(0, BM)
     cols = c0 + tl.arange(0, BK)
@@ -112,14 +112,14 @@ def quantize_fp8(
     bm, bk, vec, warps = tile or _TILE
     grid = (triton.cdiv(m, bm) * triton.cdiv(k, bk),)
     amax = torch.zeros(1, dtype=torch.int32, device=dev)
-    _amax_kernel[grid](
-        xm, m, k, xm.stride(0), amax, _placeholder(dev, torch.float32), grid[0], BM=bm, BK=bk, VEC=vec, num_warps=warps,
+    amax_kernel[grid](
+        xm, m, k, xm.stride(0), amax, placeholder(dev, torch.float32), grid[0], BM=bm, BK=bk, VEC=vec, num_warps=warps,
         ROW=True, COL=False, ROW_RHT=0, COL_RHT=0,
     )
     u8, f32 = torch.uint8, torch.float32
     rc, cc = (torch.empty(m, k, dtype=u8, device=dev) if row_spec else None), (torch.empty(k, m, dtype=u8, device=dev) if col_spec else None)
     rts, cts = (torch.empty(1, 1, dtype=f32, device=dev) if s else None for s in (row_spec, col_spec))
-    dummy_codes, dummy_ts = _placeholder(dev, u8), _placeholder(dev, f32)
+    dummy_codes, dummy_ts = placeholder(dev, u8), placeholder(dev, f32)
 
     def fmt(spec: QuantSpec | None) -> dict:
         man, bias = _FP8_BITS[spec.fmt] if spec else (3, 7)

@@ -1,6 +1,6 @@
 """Emulated FP4 GEMM in Triton, and real FP8 GEMMs through ``torch._scaled_mm``.
 
-``fp4_matmul(a, b)`` equals ``fp4train.gemm.quantized_matmul(a, b)`` for two FP4 operands
+``fp4_matmul(a, b)`` equals ``fp4train.quant.matmul.quantized_matmul(a, b)`` for two FP4 operands
 (NVFP4 or MXFP4, any supported block). ``A' = element · block_scale`` has at most 2 + 4
 significant bits, so it is exact in bf16; the bf16 tensor cores multiply exactly and accumulate
 in FP32; the tensor scales are applied at the end, ``(acc · t_a) · t_b``, in the reference's
@@ -44,11 +44,11 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4train.quant.api import QuantizedTensor
+from fp4train.quant.tensor import QuantizedTensor
 
 from .fp8 import FP8_DTYPES
 from .mx_fp8 import mx_to_e4m3
-from .quantize import _device_limits, _interpreting, _placeholder, indexable_by_int32
+from .triton_common import device_limits, indexable_by_int32, interpreting, placeholder
 
 __all__ = ["fp4_supported", "fp4_matmul", "dequantize_fp4", "fp8_supported", "fp8_matmul", "mx_fp8_supported", "mx_fp8_matmul"]
 
@@ -138,7 +138,7 @@ def _gemm_kernel(
     B_BR: tl.constexpr, B_BC: tl.constexpr, B_MX: tl.constexpr,
     HAS_TA: tl.constexpr, HAS_TB: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
-    """``C = ((A' B'ᵀ) · t_a) · t_b`` (``fp4train.gemm.quantized_matmul``) for ``A`` (M, K) and
+    """``C = ((A' B'ᵀ) · t_a) · t_b`` (``fp4train.quant.matmul.quantized_matmul``) for ``A`` (M, K) and
     ``B`` (N, K). ``FUSED``: ``a_ptr``/``b_ptr`` hold packed FP4 codes, dequantized per tile in
     registers; else they hold ``A'``/``B'`` in bf16 (``_dequant_kernel``). Grouped program order
     for L2 reuse. ``FIXUP``: only the tiles with a row of ``A`` or ``B`` whose flag at
@@ -277,10 +277,10 @@ def fp4_matmul(
         # pipeline) and where TMA is not possible; for bf16 outputs the TMA kernel beats cuBLAS's
         # FP32 output and cast; cuBLAS splits K where the output has too few tiles to fill the
         # GPU (Wgrad: small M×N, long K), where a Triton kernel leaves most SMs idle
-        few_tiles = a.data.is_cuda and triton.cdiv(mp, bm) * triton.cdiv(np_, bn) < _device_limits(a.data.device)[0]
+        few_tiles = a.data.is_cuda and triton.cdiv(mp, bm) * triton.cdiv(np_, bn) < device_limits(a.data.device)[0]
         no_scales = a.tensor_scale is None and b.tensor_scale is None
         fp32_out = out_dtype == torch.float32
-        cublas = a.data.is_cuda and not _interpreting() and (few_tiles or (no_scales and (fp32_out or not tma)))
+        cublas = a.data.is_cuda and not interpreting() and (few_tiles or (no_scales and (fp32_out or not tma)))
     if cublas and not fused:
         c = torch.mm(a_in, b_in.T, out_dtype=torch.float32)
         for t in (a.tensor_scale, b.tensor_scale):  # in the reference's order: (C·t_a)·t_b
@@ -301,9 +301,9 @@ def _output_subtiles(config: tuple[int, int, int, int, int, int], out_dtype: tor
     ``stages · (BM + BN) · BK · 2`` bytes, and the part of the output tile being stored: an FP32
     tile of 128×256 (128 KiB) needs halves beside 3 stages on a Hopper GPU (227 KiB); ``None``
     if even halves do not fit (then the grid kernel runs). The interpreter has no limit."""
-    if _interpreting():
+    if interpreting():
         return 1
-    shared = _device_limits(device)[1]
+    shared = device_limits(device)[1]
     bm, bn, bk, _, _, stages = config
     operands = stages * (bm + bn) * bk * 2 + 1024  # + barriers
     return next((n for n in (1, 2) if operands + bm * bn * out_dtype.itemsize // n <= shared), None)
@@ -313,15 +313,15 @@ def _epilogue_args(a: QuantizedTensor, b: QuantizedTensor, device: torch.device)
     """What both Triton GEMM kernels take for their epilogue: the tensor-scale pointers (a
     placeholder where an operand has none), ``HAS_TA``/``HAS_TB``, and the dot's operand dtype
     (float32 under the interpreter, whose bf16 dot is wrong; the values are the same, exact)."""
-    dummy = _placeholder(device, torch.float32)
+    dummy = placeholder(device, torch.float32)
     ptrs = tuple(q.tensor_scale if q.tensor_scale is not None else dummy for q in (a, b))
     flags = dict(HAS_TA=a.tensor_scale is not None, HAS_TB=b.tensor_scale is not None)
-    return ptrs, dict(flags, DOT_DTYPE=tl.float32 if _interpreting() else tl.bfloat16)
+    return ptrs, dict(flags, DOT_DTYPE=tl.float32 if interpreting() else tl.bfloat16)
 
 
 def _descriptor_scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
     """Memory for the tensor descriptors a kernel makes on the device (Triton's allocator hook)."""
-    return torch.empty(size, dtype=torch.int8, device="cpu" if _interpreting() else "cuda")
+    return torch.empty(size, dtype=torch.int8, device="cpu" if interpreting() else "cuda")
 
 
 def _tma_gemm(
@@ -335,7 +335,7 @@ def _tma_gemm(
     (mp, k), (np_, _) = a.padded, b.padded
     bm, bn, bk, group_m, warps, stages = config
     tiles = triton.cdiv(mp, bm) * triton.cdiv(np_, bn)
-    programs = min(tiles, 4 if _interpreting() else _device_limits(c.device)[0])
+    programs = min(tiles, 4 if interpreting() else device_limits(c.device)[0])
     scale_ptrs, epilogue = _epilogue_args(a, b, c.device)
     triton.set_allocator(_descriptor_scratch)
     _gemm_tma_kernel[(programs,)](
@@ -354,7 +354,7 @@ def _triton_gemm(
     tiles touching a False row are written (``FIXUP``)."""
     (mp, k), (np_, _) = a.padded, b.padded
     bm, bn, bk, group_m, warps, stages = config
-    dummy = _placeholder(a.data.device, torch.float32)
+    dummy = placeholder(a.data.device, torch.float32)
     a_exact, b_exact = exact or (dummy, dummy)
     scale_ptrs, epilogue = _epilogue_args(a, b, a.data.device)
     grid = (triton.cdiv(mp, bm) * triton.cdiv(np_, bn),)

@@ -41,11 +41,11 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4train.quant.api import QuantizedTensor
+from fp4train.quant.tensor import QuantizedTensor
 from fp4train.quant.blocks import expand_blocks
-from fp4train.quant.formats import _exp2, unpack_fp4
+from fp4train.quant.formats import pow2, unpack_fp4
 
-from .quantize import _interpreting
+from .triton_common import interpreting
 
 __all__ = ["ROW_EXPONENT_LIMIT", "DEFAULT_CONFIG", "mx_to_e4m3", "mx_to_e4m3_reference", "mx_to_e4m3_triton"]
 
@@ -110,7 +110,7 @@ def mx_to_e4m3_reference(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tenso
     codes = torch.where(window_el, _e4m3_magnitudes(mag, j_el), 0) | ((c & 8) << 4)
     codes = torch.where(nan_el, _E4M3_NAN, codes)
     row_exact = ~((mag != 0) & ~window_el & ~nan_el).any(dim=1)
-    return codes.to(torch.uint8), _exp2(r - 6)[:, None], row_exact
+    return codes.to(torch.uint8), pow2(r - 6)[:, None], row_exact
 
 
 # ----------------------------------------------------------------------------- kernel
@@ -232,6 +232,6 @@ def mx_to_e4m3_triton(
 def mx_to_e4m3(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(codes, row_scale, row_exact)`` of an MXFP4 operand (see ``mx_to_e4m3_reference``): by the
     Triton kernel on CUDA and under ``TRITON_INTERPRET=1``, else by the reference."""
-    if qt.data.is_cuda or _interpreting():
+    if qt.data.is_cuda or interpreting():
         return mx_to_e4m3_triton(qt)
     return mx_to_e4m3_reference(qt)

@@ -22,26 +22,39 @@ float32 and may differ by one ulp of the transformed value otherwise.
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from fp4train.quant.api import QuantizedTensor
-from fp4train.quant.blocks import _FP4_MAX_RECIPROCAL
+from fp4train.quant.tensor import QuantizedTensor
+from fp4train.quant.blocks import FP4_MAX_RECIPROCAL
 from fp4train.quant.hadamard import rht_matrix
 from fp4train.quant.spec import QuantSpec
 
+from .triton_common import (
+    amax_kernel,
+    amax_programs,
+    fp8_rn,
+    indexable_by_int32,
+    load_tile,
+    placeholder,
+    rht,
+    round_up,
+    tensor_scales,
+    tile_origin,
+)
+
 __all__ = ["supports", "pairable", "quantize_fp4", "quantize_fp4_pair"]
 
-_ONE_SIXTH = float(_FP4_MAX_RECIPROCAL)  # fp32(1/6), exactly as the reference multiplies
+_ONE_SIXTH = float(FP4_MAX_RECIPROCAL)  # fp32(1/6), exactly as the reference multiplies
 _ROW_TILE = (32, 256, 8)  # (BM, BK, num_warps) when only the row-wise orientation is written
 _TILE_ELEMENTS_PER_THREAD = 64  # both orientations in one program: BM × VEC per thread
 _ROW_ELEMENTS_PER_THREAD = 32  # the row-wise program of a split tile (64 spilled registers)
 _SUPPORTED_BLOCKS = {"nvfp4": ((1, 16), (16, 16)), "mxfp4": ((1, 32),)}
 _RHT_SIZES = (16, 32)
+_SEED_MOD = 2**31 - 1  # Philox seeds stay int32, so the kernel's argument type never changes
 
 
 # ----------------------------------------------------------------------------- element math
@@ -50,25 +63,12 @@ _RHT_SIZES = (16, 32)
 @triton.jit
 def _floor_log2(a):
     """Exact ``floor(log2(a))`` (int32) of finite ``a > 0``, subnormals included: equals
-    ``formats._floor_log2`` (``frexp``). The mantissa of a subnormal converts to float exactly."""
+    ``formats.floor_log2`` (``frexp``). The mantissa of a subnormal converts to float exactly."""
     bits = a.to(tl.int32, bitcast=True)
     exp_field = (bits >> 23) & 0xFF
     mant = (bits & 0x7FFFFF).to(tl.float32)
     sub = ((mant.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127 - 149
     return tl.where(exp_field == 0, sub, exp_field - 127)
-
-
-@triton.jit
-def _round_up(t, rbits, SR_BITS: tl.constexpr):
-    """``(floor(t), up)`` for ``t >= 0`` in units of the grid step: RN-even (``SR_BITS = 0``),
-    or SR's rule ``floor(frac·2^b) + r >= 2^b`` with ``b = SR_BITS`` — ``formats.round_to_grid``."""
-    lo = t.to(tl.int32)  # truncation is floor for t >= 0, and exact
-    frac = t - lo.to(tl.float32)  # exact
-    if SR_BITS > 0:
-        up = ((frac * (1 << SR_BITS)).to(tl.int32) + rbits) >= (1 << SR_BITS)
-    else:
-        up = (frac > 0.5) | ((frac == 0.5) & ((lo & 1) == 1))
-    return lo, up.to(tl.int32)
 
 
 @triton.jit
@@ -84,7 +84,7 @@ def _e2m1_codes(s, rbits, SR_BITS: tl.constexpr):
     e = tl.maximum((a.to(tl.int32, bitcast=True) >> 23) - 127, 0)  # binade, emin 0
     if SR_BITS > 0:
         t = a * ((128 - e) << 23).to(tl.float32, bitcast=True)  # a / 2^(e-1), exact
-        lo, up = _round_up(t, rbits, SR_BITS)
+        lo, up = round_up(t, rbits, SR_BITS)
         n = lo + up
     else:
         magic = (e + 149) << 23  # bits of 2^(e+22)
@@ -94,71 +94,12 @@ def _e2m1_codes(s, rbits, SR_BITS: tl.constexpr):
 
 
 @triton.jit
-def _fp8_rn(a, MAN: tl.constexpr, BIAS: tl.constexpr):
-    """``(code, value)`` of ``round_to_grid(a, fmt, "rn")`` for float32 ``0 <= a <= fmt.max`` (not
-    NaN) in the FP8 format with ``MAN`` mantissa bits and exponent bias ``BIAS`` (E4M3: 3, 7;
-    E5M2: 2, 15): RN-even on the mantissa by an integer add on the float32 bits, and below the
-    smallest normal ``2^(1-BIAS)`` RN-even on the subnormal step ``2^(1-BIAS-MAN)``."""
-    SHIFT: tl.constexpr = 23 - MAN
-    bits = a.to(tl.int32, bitcast=True)
-    rounded = (bits + ((1 << (SHIFT - 1)) - 1) + ((bits >> SHIFT) & 1)) & -(1 << SHIFT)  # clear the low bits
-    lo, up = _round_up(a * 2.0 ** (BIAS + MAN - 1), 0, 0)
-    sub_code = lo + up
-    normal = a >= 2.0 ** (1 - BIAS)
-    code = tl.where(normal, (rounded >> SHIFT) - ((127 - BIAS) << MAN), sub_code)
-    value = tl.where(normal, rounded.to(tl.float32, bitcast=True), sub_code.to(tl.float32) * 2.0 ** (1 - BIAS - MAN))
-    return code, value
-
-
-@triton.jit
 def _e4m3_rn(a):
     """``(code, value)`` of ``round_to_grid(min(a, 448), E4M3, "rn")`` for float32 ``a >= 0`` (not NaN)."""
-    return _fp8_rn(tl.minimum(a, 448.0), 3, 7)
-
-
-@triton.jit
-def _tensor_scales(amax_t, NUMERATOR: tl.constexpr):
-    """``(s_enc, s_dec)`` of FP32 current scaling, ``blocks.fp32_scale`` (``NUMERATOR`` = the
-    element format's max) and ``blocks.nvfp4_tensor_scales`` (``NUMERATOR = 6·448 = 2688``):
-    ``s_enc = min(NUMERATOR/amax, FLT_MAX)`` (1 if amax = 0, NaN if not finite — an amax pass
-    stores NaN as inf), ``s_dec = 1/s_enc``, both correctly rounded."""
-    s_enc = tl.minimum(tl.math.div_rn(NUMERATOR, amax_t), 3.4028234663852886e38)
-    s_enc = tl.where(amax_t == 0, 1.0, s_enc)
-    s_enc = tl.where(amax_t == float("inf"), float("nan"), s_enc)
-    return s_enc, tl.math.div_rn(1.0, s_enc)
+    return fp8_rn(tl.minimum(a, 448.0), 3, 7)
 
 
 # ----------------------------------------------------------------------------- one tile
-
-
-@triton.jit
-def _butterfly(g, R: tl.constexpr, C: tl.constexpr, H: tl.constexpr):
-    """One Walsh–Hadamard stage along the last dim of ``g`` (R, C): ``(a, b) → (a + b, a - b)``
-    for the elements ``i`` and ``i + H`` of every group of ``2H``."""
-    a, b = tl.split(tl.permute(tl.reshape(g, (R, C // (2 * H), 2, H)), (0, 1, 3, 2)))
-    return tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), (R, C))
-
-
-@triton.jit
-def _rht(v, h_ptr, R: tl.constexpr, C: tl.constexpr, D: tl.constexpr):
-    """``hadamard.apply_rht(v, D, seed)`` of a tile: each group of ``D`` along the last dim times
-    ``R = diag(s) H_D / sqrt(D)`` (``h_ptr``: that float32 ``(D, D)`` matrix), in float32.
-
-    As a fast Walsh–Hadamard transform: ``w_i = v_i · R[i, 0]`` are exactly the products the
-    reference forms (``R[i, j] = ±R[i, 0]``), then ``log2 D`` butterfly stages add them, ``D - 1``
-    additions per output as in the matmul, in another order. Where the groups lie along the
-    per-thread dim of the tile's layout (the column-wise orientation) the stages stay in
-    registers."""
-    i = tl.arange(0, D)
-    w = tl.reshape(v.to(tl.float32), (R, C // D, D)) * tl.load(h_ptr + i * D)[None, None, :]
-    g = tl.reshape(w, (R, C))
-    g = _butterfly(g, R, C, 1)
-    g = _butterfly(g, R, C, 2)
-    g = _butterfly(g, R, C, 4)
-    g = _butterfly(g, R, C, 8)
-    if D == 32:
-        g = _butterfly(g, R, C, 16)
-    return g
 
 
 @triton.jit
@@ -188,7 +129,7 @@ def _quantize_tile(
     """Quantize the float32 tile ``v`` (R, C) at ``(row0, col0)`` of an ``(n_rows, n_cols)``
     matrix with blocks (BR, BC) along its last dim, and store its packed codes, scale codes and
     (NVFP4, first tile only) the tensor decode scale ``s_dec`` at ``ts_ptr``:
-    equals the body of ``api.quantize`` after the RHT (block amax, ``mx_scale_codes`` or
+    equals the body of ``reference.quantize`` after the RHT (block amax, ``mx_scale_codes`` or
     ``nvfp4_block_scale`` + ``encode(sb, E4M3)``, ``round_to_grid``, ``encode``, ``pack_fp4``)."""
     rows = row0 + tl.arange(0, R)
     cols = col0 + tl.arange(0, C)
@@ -217,7 +158,7 @@ def _quantize_tile(
         scale_code = tl.where(bad, 0xFF, k + 127)
         enc = ((127 - k) << 23).to(tl.float32, bitcast=True)  # 2^-k, k <= 126 for finite amax
     else:  # NaN and inf blocks alike: NaN scale, NaN elements (code 0)
-        s_enc, s_dec = _tensor_scales(tl.load(amax_ptr).to(tl.float32, bitcast=True), 2688.0)
+        s_enc, s_dec = tensor_scales(tl.load(amax_ptr).to(tl.float32, bitcast=True), 2688.0)
         tl.store(ts_ptr, s_dec, mask=(row0 == 0) & (col0 == 0))
         sbf = tl.where(bad, 0.0, amax) * (s_enc * ONE_SIXTH)
         bad = bad | (sbf != sbf)  # NaN s_enc: the tensor is not finite
@@ -257,101 +198,14 @@ def _quantize_tile(
 
 
 @triton.jit
-def _tile_origin(M, K, BM: tl.constexpr, BK: tl.constexpr, REVERSE: tl.constexpr, PARTS: tl.constexpr):
-    """``(row0, col0, part)`` of this program's tile: a 1-D grid over row bands, the tiles of a
-    band consecutive, ``PARTS`` consecutive programs per tile (``part`` in ``[0, PARTS)``);
-    ``REVERSE`` walks it backwards, so a pass that follows another (quantize after the amax pass)
-    starts on the tiles the first one read last, which are still in L2."""
-    pid = tl.program_id(0)
-    if REVERSE:
-        pid = tl.num_programs(0) - 1 - pid
-    row0, col0 = _tile_corner(pid // PARTS, K, BM, BK)
-    return row0, col0, pid % PARTS
-
-
-@triton.jit
-def _tile_corner(tile, K, BM: tl.constexpr, BK: tl.constexpr):
-    """``(row0, col0)`` of (BM, BK) tile number ``tile``, row bands in order, a band's tiles consecutive."""
-    n_k = tl.cdiv(K, BK)
-    return (tile // n_k) * BM, (tile % n_k) * BK
-
-
-@triton.jit
-def _load_tile(x_ptr, M, K, stride, row0, col0, BM: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr):
-    """The (BM, BK) tile at ``(row0, col0)``, loaded ``VEC`` contiguous elements per thread: with
-    ``BK = VEC · 32 · num_warps`` each thread then holds all ``BM`` rows of its ``VEC`` columns,
-    so column-wise blocks (along rows) are reduced and scaled in registers."""
-    rows = row0 + tl.arange(0, BM)
-    cols = tl.max_contiguous(col0 + tl.arange(0, BK), VEC)
-    mask = (rows[:, None] < M) & (cols[None, :] < K)
-    return tl.load(x_ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0)
-
-
-@triton.jit
-def _tile_amax(v, h_ptr, R: tl.constexpr, C: tl.constexpr, D: tl.constexpr):
-    if D > 0:
-        v = _rht(v, h_ptr, R, C, D)
-    a = v.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF  # |x| bits; NaN > inf
-    return tl.minimum(tl.max(tl.max(a, axis=1), axis=0), 0x7F800000)  # NaN stored as inf
-
-
-@triton.jit
-def _amax_kernel(
-    x_ptr, M, K, stride, amax_ptr, h_ptr, tiles,
-    BM: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr,
-    ROW_RHT: tl.constexpr, COL_RHT: tl.constexpr,
-):
-    """``x.abs().amax()`` (of ``apply_rht(x)`` / ``apply_rht(x.T)`` where asked) for the row- and
-    column-wise orientations into ``amax_ptr[0:2]`` (int32 bit patterns, atomic max; NaN is
-    stored as inf, which gives the same NaN tensor scale). Program ``p`` of ``P`` reduces tiles
-    ``p, p + P, ...`` of the ``tiles`` (BM, BK) tiles (``_amax_programs``) and makes one atomic
-    per orientation."""
-    row_amax = tl.zeros((), tl.int32)
-    col_amax = tl.zeros((), tl.int32)
-    for t in range(tl.program_id(0), tiles, tl.num_programs(0)):
-        row0, col0 = _tile_corner(t, K, BM, BK)
-        x = _load_tile(x_ptr, M, K, stride, row0, col0, BM, BK, VEC)
-        if ROW:
-            row_amax = tl.maximum(row_amax, _tile_amax(x, h_ptr, BM, BK, ROW_RHT))
-        if COL:
-            col_amax = tl.maximum(col_amax, _tile_amax(tl.trans(x), h_ptr, BK, BM, COL_RHT))
-    if ROW:
-        tl.atomic_max(amax_ptr, row_amax)
-    if COL:
-        tl.atomic_max(amax_ptr + 1, col_amax)
-
-
-_AMAX_PROGRAMS_PER_SM = 16  # column-wise amax passes (NOTES.md v10): 33 -> 26 us at 8192x4096
-
-
-def _amax_programs(tiles: int, colwise: bool, device: torch.device) -> int:
-    """How many programs ``_amax_kernel`` runs for ``tiles`` tiles. A pass with the column-wise
-    orientation (a transposed tile, and an RHT along it in NVFP4) loops over tiles in
-    ``_AMAX_PROGRAMS_PER_SM`` programs per SM, which measured faster on an H200 than one
-    program per tile (fewer programs, fewer atomics on the same word); a row-wise pass keeps
-    one program per tile, measured as fast as any loop there. Under the interpreter: one per tile."""
-    if not colwise or device.type != "cuda" or _interpreting():
-        return tiles
-    return min(tiles, _AMAX_PROGRAMS_PER_SM * _device_limits(device)[0])
-
-
-@functools.lru_cache(maxsize=None)
-def _device_limits(device: torch.device) -> tuple[int, int]:
-    """``(SMs, bytes of shared memory a program may use)`` of a CUDA device, read once (reading
-    the properties costs ~10 µs of host time, and GEMMs and amax passes ask on every call)."""
-    smem = triton.runtime.driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
-    return torch.cuda.get_device_properties(device).multi_processor_count, smem
-
-
-@triton.jit
 def _quantize_rows(
     x, r0, c0, M, K, h_ptr, amax_ptr, ts_ptr, codes, scales, rand, seed, counter_ptr,
     BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, MX: tl.constexpr, MX_CEIL: tl.constexpr,
     RHT: tl.constexpr, SR: tl.constexpr, PHILOX: tl.constexpr, ONE_SIXTH: tl.constexpr,
 ):
-    """The row-wise orientation of the (BM, BK) tile ``x`` at ``(r0, c0)``: ``api.quantize(x, spec)``."""
+    """The row-wise orientation of the (BM, BK) tile ``x`` at ``(r0, c0)``: ``reference.quantize(x, spec)``."""
     if RHT > 0:
-        x = _rht(x, h_ptr, BM, BK, RHT)
+        x = rht(x, h_ptr, BM, BK, RHT)
     _quantize_tile(x.to(tl.float32), r0, c0, M, K, codes, scales, amax_ptr, ts_ptr, rand, seed, counter_ptr,
                    BM, BK, BR, BC, MX, MX_CEIL, SR, PHILOX, ONE_SIXTH)
 
@@ -367,8 +221,8 @@ def _quantize_kernel(
     ROW_RHT: tl.constexpr, COL_RHT: tl.constexpr, ROW_SR: tl.constexpr, COL_SR: tl.constexpr,
     PHILOX: tl.constexpr, ONE_SIXTH: tl.constexpr,
 ):
-    """``api.quantize(x, spec)`` (ROW) and ``api.quantize(x.T, spec_col)`` (COL) of each (BM, BK)
-    tile of ``x``; the tensor amaxes come from ``_amax_kernel``. ``*_RHT``: RHT size (0: none);
+    """``reference.quantize(x, spec)`` (ROW) and ``reference.quantize(x.T, spec_col)`` (COL) of each (BM, BK)
+    tile of ``x``; the tensor amaxes come from ``amax_kernel``. ``*_RHT``: RHT size (0: none);
     ``*_SR``: SR random bits per element (0: RN).
 
     Without ``SPLIT`` one program reads a tile once and writes both orientations. With ``SPLIT``
@@ -376,20 +230,20 @@ def _quantize_kernel(
     row-wise orientation, ``ROW_BM`` rows at a time loaded ``ROW_VEC`` contiguous elements per
     thread, the second the column-wise one. Each program then holds one orientation's
     registers, not both."""
-    r0, c0, part = _tile_origin(M, K, BM, BK, REVERSE, 2 if SPLIT else 1)
+    r0, c0, part = tile_origin(M, K, BM, BK, REVERSE, 2 if SPLIT else 1)
     if SPLIT:
         if part == 0:
             for i in tl.static_range(BM // ROW_BM):
                 r = r0 + i * ROW_BM
-                _quantize_rows(_load_tile(x_ptr, M, K, stride, r, c0, ROW_BM, BK, ROW_VEC), r, c0, M, K, h_ptr,
+                _quantize_rows(load_tile(x_ptr, M, K, stride, r, c0, ROW_BM, BK, ROW_VEC), r, c0, M, K, h_ptr,
                                amax_ptr, ts_ptr, row_codes, row_scales, row_rand, row_seed, row_counter,
                                ROW_BM, BK, BR, BC, MX, MX_CEIL, ROW_RHT, ROW_SR, PHILOX, ONE_SIXTH)
         else:
-            x = tl.trans(_load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC))
+            x = tl.trans(load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC))
             _quantize_rows(x, c0, r0, K, M, h_ptr, amax_ptr + 1, ts_ptr + 1, col_codes, col_scales, col_rand,
                            col_seed, col_counter, BK, BM, BR, BC, MX, MX_CEIL, COL_RHT, COL_SR, PHILOX, ONE_SIXTH)
     else:
-        x = _load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC)
+        x = load_tile(x_ptr, M, K, stride, r0, c0, BM, BK, VEC)
         if ROW:
             _quantize_rows(x, r0, c0, M, K, h_ptr, amax_ptr, ts_ptr, row_codes, row_scales, row_rand, row_seed,
                            row_counter, BM, BK, BR, BC, MX, MX_CEIL, ROW_RHT, ROW_SR, PHILOX, ONE_SIXTH)
@@ -399,13 +253,6 @@ def _quantize_kernel(
 
 
 # ----------------------------------------------------------------------------- Python wrappers
-
-
-def indexable_by_int32(*numels: int) -> bool:
-    """Whether every tensor a kernel indexes has fewer than 2^31 elements: Triton computes the
-    offsets from int32 arguments in int32, so a larger tensor would wrap around silently. Callers
-    leave larger tensors to the reference code."""
-    return all(n < 2**31 for n in numels)
 
 
 def supports(x: torch.Tensor, spec: QuantSpec, colwise: bool = False) -> bool:
@@ -422,24 +269,6 @@ def supports(x: torch.Tensor, spec: QuantSpec, colwise: bool = False) -> bool:
     rows, cols = (k, m) if colwise else (m, k)
     br, bc = spec.block_shape
     return rows % br == 0 and cols % bc == 0 and cols % (spec.rht or 1) == 0 and rows > 0 and indexable_by_int32(m * k)
-
-
-_PLACEHOLDERS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-_SEED_MOD = 2**31 - 1  # Philox seeds stay int32, so the kernel's argument type never changes
-
-
-def _interpreting() -> bool:
-    """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1``, the CPU tests)."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _placeholder(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A one-element zero tensor, made once per device and never written: for pointer arguments
-    a variant does not read, and the default Philox counter (read as 0)."""
-    key = (device, dtype)
-    if key not in _PLACEHOLDERS:
-        _PLACEHOLDERS[key] = torch.zeros(1, dtype=dtype, device=device)
-    return _PLACEHOLDERS[key]
 
 
 def pairable(row_spec: QuantSpec, col_spec: QuantSpec) -> bool:
@@ -479,7 +308,7 @@ def _tile(k: int, element_size: int, row: bool, col_block: int | None, two_sr: b
     """The launch shape, chosen by the tile sweep of ``experiments/bench/run.py`` (NOTES.md).
     Row-wise only: wide tiles (long contiguous loads and stores). With the column-wise
     orientation, ``VEC`` columns per thread and ``BK = VEC · 32 · num_warps``, so that each thread
-    holds all ``BM`` rows of its columns, i.e. whole column blocks (``_load_tile``): column-wise
+    holds all ``BM`` rows of its columns, i.e. whole column blocks (``load_tile``): column-wise
     only, two blocks (``BM/2`` contiguous code bytes per column: 16 or 32), 2 columns; ``split``
     (both orientations, two programs per tile), 32 rows, 2 columns; both orientations in one
     program, one block, 64 elements per thread (2 columns when both orientations draw SR bits:
@@ -635,17 +464,17 @@ def quantize_fp4_pair(
     plan = _plan(row_spec, col_spec, tuple(x.shape), x.dtype, amax is not None, explicit, None if tile is None else tuple(tile))
     dev = x.device
     d, rseed = plan.rht
-    h = rht_matrix(d, rseed, dev) if d else _placeholder(dev, torch.float32)
+    h = rht_matrix(d, rseed, dev) if d else placeholder(dev, torch.float32)
     base_seed = (row_spec or col_spec).seed if seed is None else seed
     col_seed = base_seed + 1 if col_seed is None else col_seed
     if plan.mx:  # no tensor scale: the kernel reads no amax and writes no decode scale
-        amax_buf = _placeholder(dev, torch.int32)
+        amax_buf = placeholder(dev, torch.int32)
     elif amax is not None:
         amax_buf = amax.to(torch.float32).view(torch.int32).reshape(2)
     else:
         amax_buf = torch.zeros(2, dtype=torch.int32, device=dev)
-        programs = _amax_programs(plan.tiles, col_spec is not None, dev)
-        _amax_kernel[(programs,)](xm, m, k, xm.stride(0), amax_buf, h, plan.tiles, **plan.amax_args)
+        programs = amax_programs(plan.tiles, col_spec is not None, dev)
+        amax_kernel[(programs,)](xm, m, k, xm.stride(0), amax_buf, h, plan.tiles, **plan.amax_args)
     if plan.separate:  # one launch per orientation, both reading this amax pass's result
         given = None if plan.mx else amax_buf.view(torch.float32)
         row, _ = quantize_fp4_pair(x, row_spec, None, row_rand=row_rand, seed=base_seed, counter=counter, amax=given)
@@ -657,8 +486,8 @@ def quantize_fp4_pair(
         rc, rs = torch.empty(m, k // 2, dtype=u8, device=dev), torch.empty(plan.row_scales, dtype=u8, device=dev)
     if col_spec is not None:
         cc, cs = torch.empty(k, m // 2, dtype=u8, device=dev), torch.empty(plan.col_scales, dtype=u8, device=dev)
-    ts = _placeholder(dev, torch.float32) if plan.mx else torch.empty(2, dtype=torch.float32, device=dev)
-    dummy, zero = _placeholder(dev, torch.int32), _placeholder(dev, torch.int64)
+    ts = placeholder(dev, torch.float32) if plan.mx else torch.empty(2, dtype=torch.float32, device=dev)
+    dummy, zero = placeholder(dev, torch.int32), placeholder(dev, torch.int64)
     _quantize_kernel[(2 * plan.tiles if plan.split else plan.tiles,)](
         xm, m, k, xm.stride(0), amax_buf, ts, h,
         rc, rs, row_rand if row_rand is not None else dummy, base_seed % _SEED_MOD, zero if counter is None else counter,

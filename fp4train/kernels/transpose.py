@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .quantize import indexable_by_int32
+from .triton_common import indexable_by_int32
 
 __all__ = ["transpose_fp4_codes"]
 

@@ -31,13 +31,14 @@ import torch
 from .formats import (
     E4M3,
     ElementFormat,
-    _exp2,
-    _floor_log2,
     e8m0_encode_exponent,
+    floor_log2,
+    pow2,
     round_to_grid,
 )
 
 __all__ = [
+    "FP4_MAX_RECIPROCAL",
     "divide",
     "check_tiles",
     "block_amax",
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 FLT_MAX = torch.finfo(torch.float32).max
-_FP4_MAX_RECIPROCAL = torch.tensor(1.0 / 6.0, dtype=torch.float32)  # fp32(1/6), TE's multiplier
+FP4_MAX_RECIPROCAL = torch.tensor(1.0 / 6.0, dtype=torch.float32)  # fp32(1/6), TE's multiplier
 
 
 def divide(numerator: float, t: torch.Tensor) -> torch.Tensor:
@@ -102,11 +103,11 @@ def mx_scale_exponent(amax: torch.Tensor, element: ElementFormat, rule: str) -> 
     """
     positive = amax > 0
     safe = torch.where(positive & torch.isfinite(amax), amax, torch.ones_like(amax))
-    e = _floor_log2(safe)
+    e = floor_log2(safe)
     k = e - element.emax
     if rule == "ceil":
         # amax in [2^e, 2^(e+1)) and max = M·2^emax with M in [1, 2): the answer is k or k+1.
-        k = k + (safe > element.max * _exp2(k)).to(k.dtype)
+        k = k + (safe > element.max * pow2(k)).to(k.dtype)
     elif rule != "floor":
         raise ValueError(f"unknown MX scale rule {rule!r}; valid: ['floor', 'ceil']")
     k = torch.where(positive, k, torch.full_like(k, -127))
@@ -118,7 +119,7 @@ def mx_scale_codes(amax: torch.Tensor, element: ElementFormat, rule: str) -> tup
     k = mx_scale_exponent(amax, element, rule)
     codes = e8m0_encode_exponent(k)
     codes = torch.where(torch.isfinite(amax), codes, torch.full_like(codes, 0xFF))
-    return codes, _exp2(-k)
+    return codes, pow2(-k)
 
 
 def nvfp4_tensor_scales(amax_tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +133,7 @@ def nvfp4_tensor_scales(amax_tensor: torch.Tensor) -> tuple[torch.Tensor, torch.
 def nvfp4_block_scale(amax_b: torch.Tensor, s_enc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """E4M3 block decode scales ``sb`` (as float32 values on the E4M3 grid) and the element
     encode multipliers ``min(1 / (sb · s_dec), FLT_MAX)``."""
-    multiplier = s_enc * _FP4_MAX_RECIPROCAL  # a 0-dim CPU tensor: an fp32 scalar on any device, no copy
+    multiplier = s_enc * FP4_MAX_RECIPROCAL  # a 0-dim CPU tensor: an fp32 scalar on any device, no copy
     sb = torch.clamp(amax_b * multiplier, max=FLT_MAX)
     sb = round_to_grid(sb, E4M3, "rn")  # saturates at 448
     sb = torch.where(torch.isfinite(amax_b), sb, torch.full_like(sb, torch.nan))

@@ -41,6 +41,8 @@ __all__ = [
     "e8m0_encode_exponent",
     "e8m0_decode",
     "random_bits",
+    "floor_log2",
+    "pow2",
     "pack_fp4",
     "unpack_fp4",
 ]
@@ -91,12 +93,12 @@ ELEMENT_FORMATS = {f.name: f for f in (E2M1, E4M3, E5M2)}
 ROUNDINGS = ("rn", "sr")
 
 
-def _floor_log2(a: torch.Tensor) -> torch.Tensor:
+def floor_log2(a: torch.Tensor) -> torch.Tensor:
     """Exact ``floor(log2(a))`` for positive finite float32 ``a`` (``frexp`` is exact)."""
     return torch.frexp(a)[1] - 1
 
 
-def _exp2(e: torch.Tensor) -> torch.Tensor:
+def pow2(e: torch.Tensor) -> torch.Tensor:
     """Exact ``2^e`` in float32 for integer ``e`` in [-149, 127] (subnormals included)."""
     return torch.ldexp(torch.ones_like(e, dtype=torch.float32), e)
 
@@ -107,8 +109,8 @@ def _grid_position(x: torch.Tensor, fmt: ElementFormat) -> tuple[torch.Tensor, t
     if x.dtype != torch.float32:
         raise TypeError(f"expected float32, got {x.dtype}")
     a = x.abs().clamp(max=fmt.max)  # saturate; clamp keeps NaN
-    e = _floor_log2(a).clamp(min=fmt.emin)
-    quantum = _exp2(e - fmt.mbits)
+    e = floor_log2(a).clamp(min=fmt.emin)
+    quantum = pow2(e - fmt.mbits)
     return a / quantum, quantum  # exact: power-of-two scaling, t < 2^(mbits+1)
 
 
@@ -157,7 +159,7 @@ def _decode_table(fmt: ElementFormat) -> torch.Tensor:
     sign = (codes >> (fmt.nbits - 1)) & 1
     exp_field = (codes >> fmt.mbits) & ((1 << fmt.ebits) - 1)
     mant = (codes & ((1 << fmt.mbits) - 1)).to(torch.float32)
-    normal = (mant + 2**fmt.mbits) * _exp2(exp_field - fmt.bias - fmt.mbits)
+    normal = (mant + 2**fmt.mbits) * pow2(exp_field - fmt.bias - fmt.mbits)
     subnormal = mant * 2.0 ** (fmt.emin - fmt.mbits)
     mag = torch.where(exp_field == 0, subnormal, normal)
     if fmt.inf_code is not None:  # IEEE-like (E5M2): all-ones exponent is inf/NaN
@@ -190,10 +192,10 @@ def encode(v: torch.Tensor, fmt: ElementFormat) -> torch.Tensor:
     a = v.abs()
     finite = torch.isfinite(a)
     a = torch.where(finite, a, torch.zeros_like(a))
-    e = _floor_log2(torch.where(a > 0, a, torch.ones_like(a)))
+    e = floor_log2(torch.where(a > 0, a, torch.ones_like(a)))
     is_normal = a >= fmt.min_normal
     e = torch.where(is_normal, e, torch.full_like(e, fmt.emin))
-    steps = (a / _exp2(e - fmt.mbits)).to(torch.int32)  # exact integer on the grid
+    steps = (a / pow2(e - fmt.mbits)).to(torch.int32)  # exact integer on the grid
     exp_field = torch.where(is_normal, e + fmt.bias, torch.zeros_like(e))
     mant = torch.where(is_normal, steps - 2**fmt.mbits, steps)
     code = (sign << (fmt.nbits - 1)) | (exp_field << fmt.mbits) | mant
@@ -216,7 +218,7 @@ def e8m0_encode_exponent(k: torch.Tensor) -> torch.Tensor:
 def e8m0_decode(codes: torch.Tensor) -> torch.Tensor:
     """float32 value of E8M0 codes: ``2^(c - 127)``, NaN for 0xFF."""
     c = codes.to(torch.int32)
-    v = _exp2(c - 127)
+    v = pow2(c - 127)
     return torch.where(c == 0xFF, torch.full_like(v, torch.nan), v)
 
 

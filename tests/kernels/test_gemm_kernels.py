@@ -1,10 +1,10 @@
-"""The emulated FP4 GEMM equals ``fp4train.gemm.quantized_matmul`` up to FP32 summation order
+"""The emulated FP4 GEMM equals ``fp4train.quant.matmul.quantized_matmul`` up to FP32 summation order
 (its products are exact), run on the CPU by Triton's interpreter (see conftest.py)."""
 
 import pytest
 import torch
 
-from fp4train.gemm import quantized_matmul
+from fp4train.quant.matmul import quantized_matmul
 from fp4train.kernels.gemm import _triton_gemm, dequantize_fp4, fp4_matmul, fp4_supported, fp8_supported, mx_fp8_supported
 from fp4train.quant import QuantSpec, quantize
 
@@ -132,11 +132,11 @@ def test_tma_output_tile_is_stored_in_halves_where_whole_does_not_fit(monkeypatc
     import fp4train.kernels.gemm as gemm
 
     dev = torch.device("cuda", 0)
-    monkeypatch.setattr(gemm, "_interpreting", lambda: False)
-    monkeypatch.setattr(gemm, "_device_limits", lambda device: (132, 232448))
+    monkeypatch.setattr(gemm, "interpreting", lambda: False)
+    monkeypatch.setattr(gemm, "device_limits", lambda device: (132, 232448))
     assert gemm._output_subtiles(gemm.TMA_CONFIG, torch.bfloat16, dev) == 1
     assert gemm._output_subtiles(gemm.TMA_CONFIG, torch.float32, dev) == 2
-    monkeypatch.setattr(gemm, "_device_limits", lambda device: (132, 101376))
+    monkeypatch.setattr(gemm, "device_limits", lambda device: (132, 101376))
     assert gemm._output_subtiles(gemm.TMA_CONFIG, torch.float32, dev) is None
 
 

@@ -319,7 +319,7 @@ def test_tensors_of_2_to_the_31_elements_are_left_to_the_reference():
     wrap around silently); one element fewer may. Shapes only: meta tensors allocate nothing."""
     from fp4train.kernels.fp8 import fp8_quantize_supported
     from fp4train.kernels.gemm import fp4_supported, mx_fp8_supported
-    from fp4train.quant.api import QuantizedTensor
+    from fp4train.quant.tensor import QuantizedTensor
 
     big = torch.empty(2**16, 2**15, dtype=torch.bfloat16, device="meta")
     below = torch.empty(2**16 - 32, 2**15, dtype=torch.bfloat16, device="meta")
@@ -354,12 +354,12 @@ def test_a_column_wise_stream_equals_the_row_wise_stream_of_the_transpose(name):
 @pytest.mark.parametrize("programs", [1, 3])
 def test_amax_pass_looping_over_tiles_equals_one_program_per_tile(monkeypatch, programs):
     """On the GPU a column-wise amax pass runs fewer programs than tiles, each reducing every
-    ``programs``-th tile (``_amax_programs``); here with 1 and 3 programs for the tiles of a
+    ``programs``-th tile (``amax_programs``); here with 1 and 3 programs for the tiles of a
     partial-tile shape, and a NaN and the largest |x| in tiles that late iterations read: the
     tensor scales (amax of x and of its RHT'd transpose) and codes equal the reference's."""
     import fp4train.kernels.quantize as kq
 
-    monkeypatch.setattr(kq, "_amax_programs", lambda tiles, colwise, device: min(tiles, programs))
+    monkeypatch.setattr(kq, "amax_programs", lambda tiles, colwise, device: min(tiles, programs))
     x = torch.from_numpy(heavy_tailed(80, 160, seed=4)).to(torch.bfloat16)
     row, col = QuantSpec("nvfp4"), QuantSpec("nvfp4", rht=16)
     assert kq._plan(row, col, tuple(x.shape), x.dtype, False, False, None).tiles > 3
@@ -377,14 +377,14 @@ def test_amax_programs_loop_only_for_column_wise_passes_on_a_gpu(monkeypatch):
     """The launch policy itself (the test above replaces it): 16 programs per SM for a pass with
     the column-wise orientation on a GPU, never more programs than tiles; one per tile for
     row-wise passes, on the CPU and under the interpreter."""
-    import fp4train.kernels.quantize as kq
+    import fp4train.kernels.triton_common as common
 
     gpu = torch.device("cuda", 0)
-    monkeypatch.setattr(kq, "_device_limits", lambda device: (132, 232448))
-    monkeypatch.setattr(kq, "_interpreting", lambda: False)
-    assert kq._amax_programs(4096, True, gpu) == 16 * 132
-    assert kq._amax_programs(1000, True, gpu) == 1000
-    assert kq._amax_programs(4096, False, gpu) == 4096
-    assert kq._amax_programs(4096, True, torch.device("cpu")) == 4096
-    monkeypatch.setattr(kq, "_interpreting", lambda: True)
-    assert kq._amax_programs(4096, True, gpu) == 4096
+    monkeypatch.setattr(common, "device_limits", lambda device: (132, 232448))
+    monkeypatch.setattr(common, "interpreting", lambda: False)
+    assert common.amax_programs(4096, True, gpu) == 16 * 132
+    assert common.amax_programs(1000, True, gpu) == 1000
+    assert common.amax_programs(4096, False, gpu) == 4096
+    assert common.amax_programs(4096, True, torch.device("cpu")) == 4096
+    monkeypatch.setattr(common, "interpreting", lambda: True)
+    assert common.amax_programs(4096, True, gpu) == 4096

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from fp4train.callbacks import QuantStatsLogger
 from fp4train.linear import QuantLinear
-from fp4train.quant.stats import quant_stats
+from fp4train.quant_stats import quant_stats
 from fp4train.recipes import build_recipe
 
 

@@ -8,7 +8,7 @@ import torch.nn as nn
 from fp4train import QuantSpec, fake_quantize
 from fp4train.convert import convert
 from fp4train.linear import QuantLinear
-from fp4train.quant.stats import quant_stats
+from fp4train.quant_stats import quant_stats
 from fp4train.methods.tetrajet import (
     OscillationTracker,
     QEMALinear,

@@ -5,7 +5,7 @@ import math
 import torch
 
 from fp4train import QuantSpec
-from fp4train.quant.stats import quant_stats
+from fp4train.quant_stats import quant_stats
 
 
 def test_clipped_counts_ocp_saturation_and_ceil_rule_has_none():

@@ -11,7 +11,9 @@
   the RHT domain when the spec has one (the values the GEMM multiplies).
 
 A spec with stochastic rounding is measured on one draw from a generator seeded with
-``spec.seed`` (the global generator, and so training, is left alone).
+``spec.seed`` (the global generator, and so training, is left alone). Quantized as training
+quantizes (``fp4train.dispatch.quantize``: the kernel on the GPU), so this module sits above
+the dispatch, not in ``fp4train.quant``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import math
 
 import torch
 
-from .api import quantize
-from .blocks import block_amax
-from .hadamard import apply_rht
-from .spec import QuantSpec
+from fp4train.dispatch import quantize
+from fp4train.quant.blocks import block_amax
+from fp4train.quant.hadamard import apply_rht
+from fp4train.quant.spec import QuantSpec
 
 __all__ = ["quant_stats"]
 

@@ -1,5 +1,6 @@
-"""The GEMM of two quantized operands, emulated exactly: ``C = A Bᵀ`` with both quantized
-along their last (reduction) dimension.
+"""The GEMM of two quantized operands, emulated exactly in plain torch: ``C = A Bᵀ`` with both
+quantized along their last (reduction) dimension. The reference the GPU GEMMs
+(``fp4train.kernels.gemm``) equal up to FP32 summation order.
 
 Block formats decode as ``element · block_scale · tensor_scale``. Hardware (Blackwell block
 MMA) multiplies ``element · block_scale`` products exactly, accumulates in FP32 and applies the
@@ -14,9 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fp4train.quant import QuantizedTensor
+from .tensor import QuantizedTensor
 
-__all__ = ["scaled_operand", "quantized_matmul"]
+__all__ = ["scaled_operand", "check_operands", "quantized_matmul"]
 
 
 def scaled_operand(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -36,16 +37,9 @@ def _match_width(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     return F.pad(a, (0, k - a.shape[1])), F.pad(b, (0, k - b.shape[1]))
 
 
-def quantized_matmul(
-    a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype = torch.float32, mx_fp8: bool = False
-) -> torch.Tensor:
-    """``A Bᵀ`` for ``A`` (M, K) and ``B`` (N, K), cropped to the unpadded (M, N), in ``out_dtype``.
-
-    Both operands must carry the same RHT (or none) — the transform cancels only then.
-    ``mx_fp8``: on a GPU, multiply two MXFP4 operands on the FP8 tensor cores where that is exact
-    for the operands (``fp4train.kernels.gemm.mx_fp8_matmul``; FP8 MMA accumulation); no effect
-    on the CPU.
-    """
+def check_operands(a: QuantizedTensor, b: QuantizedTensor) -> None:
+    """Raise ``ValueError`` unless ``A Bᵀ`` is defined: the same reduction dim, and the same RHT
+    (or none) on both operands — the transform cancels only then."""
     if (a.spec.rht, a.spec.seed if a.spec.rht else None) != (b.spec.rht, b.spec.seed if b.spec.rht else None):
         raise ValueError(
             f"quantized_matmul operands carry different Hadamard transforms "
@@ -54,12 +48,12 @@ def quantized_matmul(
         )
     if a.shape[-1] != b.shape[-1]:
         raise ValueError(f"reduction dims differ: A {tuple(a.shape)} vs B {tuple(b.shape)}")
-    if a.data.is_cuda:  # --- GPU dispatch (fp4train.kernels): Triton FP4 GEMM / FP8 _scaled_mm ---
-        from fp4train.kernels.dispatch import matmul_on_gpu
 
-        out = matmul_on_gpu(a, b, out_dtype, mx_fp8)
-        if out is not None:
-            return out  # --- end of GPU dispatch ---
+
+def quantized_matmul(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``A Bᵀ`` for ``A`` (M, K) and ``B`` (N, K), cropped to the unpadded (M, N), in ``out_dtype``:
+    ``(A' B'ᵀ) · t_a · t_b`` in float32 (``scaled_operand``)."""
+    check_operands(a, b)
     va, ta = scaled_operand(a)
     vb, tb = scaled_operand(b)
     va, vb = _match_width(va.float(), vb.float())
