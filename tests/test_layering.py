@@ -34,13 +34,15 @@ FACADE = ("fp4train.quant", "fp4train.dispatch")
 class Import:
     """One edge: ``importer`` imports the fp4train module ``target``; ``name``: what it takes from
     it (``None``: the module itself), ``binds``: the local name bound to ``target`` if any
-    (``import a.b as m``, ``from a import b``), ``lazy``: the statement runs inside a function."""
+    (``import a.b as m``, ``from a import b``), ``lazy``: the statement runs inside a function,
+    ``typing_only``: it sits under ``if TYPE_CHECKING:`` and never runs (annotations only)."""
 
     importer: str
     target: str
     name: str | None
     binds: str | None
     lazy: bool
+    typing_only: bool = False
 
 
 def _modules() -> dict[str, Path]:
@@ -58,10 +60,30 @@ MODULES = _modules()
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 
 
+class TypeCheckingBlock:
+    """The scope marker of the body of an ``if TYPE_CHECKING:`` block."""
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
 def _nodes(tree: ast.AST, scopes: tuple[type, ...] = ()):
-    """``(node, types of the function and class definitions around it)`` for every node of ``tree``."""
+    """``(node, types of the function and class definitions around it)`` for every node of
+    ``tree``; the body of an ``if TYPE_CHECKING:`` block adds ``TypeCheckingBlock``."""
     for node in ast.iter_child_nodes(tree):
         yield node, scopes
+        if _is_type_checking(node):
+            for child in node.body:
+                yield child, (*scopes, TypeCheckingBlock)
+                yield from _nodes(child, (*scopes, TypeCheckingBlock))
+            for child in node.orelse:
+                yield child, scopes
+                yield from _nodes(child, scopes)
+            continue
         inner = (*scopes, type(node)) if isinstance(node, (*_FUNCTIONS, ast.ClassDef)) else scopes
         yield from _nodes(node, inner)
 
@@ -77,8 +99,9 @@ def _imports_of(module: str) -> list[Import]:
     found = []
     for node, scopes in _nodes(_parse(module)):
         lazy = any(issubclass(t, _FUNCTIONS) for t in scopes)
+        typing_only = TypeCheckingBlock in scopes
         if isinstance(node, ast.Import):
-            found += [Import(module, alias.name, None, alias.asname, lazy) for alias in node.names]
+            found += [Import(module, alias.name, None, alias.asname, lazy, typing_only) for alias in node.names]
         if not isinstance(node, ast.ImportFrom):
             continue
         base = node.module or ""
@@ -88,9 +111,9 @@ def _imports_of(module: str) -> list[Import]:
         for alias in node.names:
             sub = f"{base}.{alias.name}"
             if sub in MODULES:
-                found.append(Import(module, sub, None, alias.asname or alias.name, lazy))
+                found.append(Import(module, sub, None, alias.asname or alias.name, lazy, typing_only))
             else:
-                found.append(Import(module, base, alias.name, None, lazy))
+                found.append(Import(module, base, alias.name, None, lazy, typing_only))
     return [i for i in found if i.target.split(".")[0] == "fp4train"]
 
 
@@ -120,10 +143,11 @@ def _top_level_names(module: str) -> set[str] | None:
 
 
 def _circles() -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan), each a circle."""
+    """The strongly connected components of more than one module (Tarjan), each a circle; imports
+    for annotations only (``if TYPE_CHECKING:``) never run and make no circle."""
     edges: dict[str, set[str]] = {m: set() for m in MODULES}
     for i in IMPORTS:
-        if i.target in MODULES:  # the others fail test_every_fp4train_import_resolves
+        if i.target in MODULES and not i.typing_only:  # the others fail test_every_fp4train_import_resolves
             edges[i.importer].add(i.target)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -158,6 +182,8 @@ def test_the_graph_sees_lazy_relative_and_submodule_imports():
     assert ("fp4train.dispatch", "fp4train.quant.reference", False) in found  # `from fp4train.quant import reference`
     assert ("fp4train.dispatch", "fp4train.kernels.gemm", True) in found  # inside a function
     assert (*FACADE, True) in found
+    typing_only = {(i.importer, i.target) for i in IMPORTS if i.typing_only}
+    assert ("fp4train.methods", "fp4train.linear") in typing_only  # under `if TYPE_CHECKING:`
 
 
 def test_every_fp4train_import_resolves():
