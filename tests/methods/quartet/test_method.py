@@ -12,7 +12,7 @@ from fp4train.methods.quartet import QuartetConfig, QuartetLinear, quartet_linea
 from fp4train.quant import SRStream
 from fp4train.recipes import RecipeConfig, build_recipe
 
-from ..train.conftest import TINY_LM, read_metrics, run_main
+from ...train.conftest import TINY_LM, read_metrics, run_main
 
 
 def _layer(n_in: int = 64, n_out: int = 32, **options) -> QuartetLinear:
