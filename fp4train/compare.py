@@ -195,10 +195,27 @@ def load_runs(source: str) -> list[Run]:
     return runs
 
 
+# overrides that change where and how a run is launched, logged and saved, not what it computes
+NOT_NUMERICS = ("launcher", "hydra.", "logger", "checkpoint.", "trainer.enable_progress_bar")
+
+
+def _parse_overrides(overrides: list[str]) -> dict[str, str]:
+    """``key=value`` overrides as a dict: those in ``NOT_NUMERICS`` left out, a ``+`` prefix and
+    the case of booleans (Hydra's sweep records ``True``, a command line ``true``) ignored."""
+    parsed = {}
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        key = key.lstrip("+")
+        if sep and not any(key == n or key.startswith(n if n.endswith(".") else n + ".") for n in NOT_NUMERICS):
+            parsed[key] = value.lower() if value.lower() in ("true", "false") else value
+    return parsed
+
+
 def _label(runs: list[Run]) -> None:
     """Label each run by the overrides that differ across the study (``quant`` first, as its bare
-    value), ``seed`` left out (else by its recipe): the seeds of one recipe or ablation share a label."""
-    parsed = [dict(o.split("=", 1) for o in r.overrides if "=" in o) for r in runs]
+    value), ``seed`` and the overrides that do not change what a run computes (``NOT_NUMERICS``)
+    left out (else by its recipe): the seeds of one recipe or ablation share a label."""
+    parsed = [_parse_overrides(r.overrides) for r in runs]
     keys = sorted({k for p in parsed for k in p} - {SEED_KEY}, key=lambda k: (k != "quant", k))
     varying = [k for k in keys if len({p.get(k) for p in parsed}) > 1]
     for run, p in zip(runs, parsed):

@@ -59,6 +59,21 @@ def test_runs_are_labelled_by_the_overrides_that_vary():
     assert [r.label for r in runs] == ["quant.rht=true", "quant.rht=false"]
 
 
+def test_labels_leave_out_how_a_run_was_launched_logged_and_saved():
+    # before: "quartet checkpoint.save_last=false trainer.cuda_graph=true …" beside a sweep's
+    # "nvfp4 … launcher=parallel trainer.cuda_graph=True"
+    runs = [
+        compare.Run("a", "nvfp4", ["quant=nvfp4", "launcher=parallel", "trainer.cuda_graph=True", "seed=0",
+                                   "hydra.launcher.jobs_per_gpu=4", "checkpoint.save_last=False"]),
+        compare.Run("b", "quartet", ["quant=quartet", "trainer.cuda_graph=true", "seed=0", "logger=csv",
+                                     "trainer.enable_progress_bar=false", "+model.overrides.d_model=64"]),
+        compare.Run("c", "quartet", ["quant=quartet", "trainer.cuda_graph=false", "seed=1", "logger=csv"]),
+    ]
+    compare.comparison_table(runs)
+    assert [r.label for r in runs] == ["nvfp4 trainer.cuda_graph=true", "quartet model.overrides.d_model=64 trainer.cuda_graph=true",
+                                       "quartet trainer.cuda_graph=false"]
+
+
 def test_online_wandb_group_is_read_in_full_with_scan_history(monkeypatch):
     import wandb
 
