@@ -363,52 +363,58 @@ class TokenWindows(Dataset):
 
 
 @dataclass
-class StdlibTextConfig:
-    """The standard-library byte corpus. ``train_samples``/``val_samples``: windows per epoch
-    (None: (n-1)//seq_len); train windows at seeded random offsets, val windows evenly spaced."""
+class WindowsConfig:
+    """Windows of a token corpus split into train and validation: ``seq_len`` tokens per window,
+    ``train_samples``/``val_samples`` windows per epoch (None: (n-1)//seq_len), train windows at
+    random offsets seeded by ``seed``, val windows evenly spaced."""
 
     seq_len: int = 256
     train_samples: int | None = None
     val_samples: int | None = None
     seed: int = 0
+
+
+@dataclass
+class ByteWindowsConfig(WindowsConfig):
+    """``WindowsConfig`` over a byte corpus that fp4train prepares: ``val_fraction`` of it held
+    out, the prepared tokens cached under ``cache_dir`` (None: the default cache)."""
+
     cache_dir: str | None = None
     val_fraction: float = 0.05
+
+
+@dataclass
+class StdlibTextConfig(ByteWindowsConfig):
+    """The standard-library byte corpus (``ByteWindowsConfig``'s windows), held out in blocks of
+    ``block_size`` bytes."""
+
     block_size: int = 16384
 
 
 @dataclass
-class TextFoldersConfig:
+class TextFoldersConfig(ByteWindowsConfig):
     """Every file matching ``globs`` (and no ``exclude`` pattern) under ``roots``, as bytes.
     ``roots``: paths or ``sysconfig:NAME`` (default: this interpreter's site-packages); patterns
     match the path relative to its root (``*`` also matches ``/``). Windows as in
-    ``StdlibTextConfig``; the split is by whole file (``prepare_text_folders``)."""
+    ``ByteWindowsConfig``; the split is by whole file (``prepare_text_folders``)."""
 
     roots: list[str] = field(default_factory=lambda: [SYSCONFIG_PREFIX + "purelib"])
     globs: list[str] = field(default_factory=lambda: list(DEFAULT_GLOBS))
     exclude: list[str] = field(default_factory=list)
-    seq_len: int = 256
-    train_samples: int | None = None
-    val_samples: int | None = None
-    seed: int = 0
-    cache_dir: str | None = None
-    val_fraction: float = 0.05
 
 
 @dataclass
-class TokenFileConfig:
+class TokenFileConfig(WindowsConfig):
     """A directory with ``train.bin``/``val.bin`` (and optionally ``meta.json``, which supplies
-    ``dtype`` and ``vocab_size`` when they are not given here; default dtype uint16)."""
+    ``dtype`` and ``vocab_size`` when they are not given here; default dtype uint16); windows as
+    in ``WindowsConfig``."""
 
     path: str = ""
-    seq_len: int = 256
-    train_samples: int | None = None
-    val_samples: int | None = None
-    seed: int = 0
     dtype: str | None = None
     vocab_size: int | None = None
 
 
-def _windows(directory: Path, dtype: str, vocab_size: int | None, cfg) -> tuple[TokenWindows, TokenWindows]:
+def _windows(directory: Path, dtype: str, vocab_size: int | None, cfg: WindowsConfig) -> tuple[TokenWindows, TokenWindows]:
     return (
         TokenWindows(directory / "train.bin", cfg.seq_len, dtype, cfg.train_samples, True, cfg.seed, vocab_size),
         TokenWindows(directory / "val.bin", cfg.seq_len, dtype, cfg.val_samples, False, cfg.seed, vocab_size),
