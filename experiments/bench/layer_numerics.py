@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 import fp4train.linear as linear_module
+from experiments.bench.graph_steps import train_steps
 from fp4train.linear import QuantLinear
 from fp4train.quant import QuantSpec, fake_quantize
 from fp4train.recipes import RecipeConfig, build_recipe
@@ -132,29 +133,14 @@ def check_in_place_and_offloading(device: str) -> dict[str, bool]:
 
 def check_cuda_graph_two_calls() -> dict[str, bool]:
     """A layer applied twice per step (shared weights), eager against graphed, three AdamW steps."""
-    from fp4train.cuda_graphs import capture_training_graph
-
     x = torch.randn(512, 1024, device="cuda")
     out = {}
     for recipe in RECIPES:
         runs = []
         for graphed in (False, True):
             layer = _layer(recipe, "cuda", n=1024)
-            model = nn.Sequential(layer, nn.GELU(), layer)
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                forward = capture_training_graph(model, (x,)) if graphed else model
-            losses = []
-            for _ in range(3):
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    loss = forward(x).float().square().mean()
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(loss.item())
-            runs.append((losses, [p.detach().clone() for p in model.parameters()], int(layer.sr_step)))
-            if graphed:
-                forward.release()
+            losses, params = train_steps(nn.Sequential(layer, nn.GELU(), layer), x, graphed)
+            runs.append((losses, params, int(layer.sr_step)))
         (l0, p0, c0), (l1, p1, c1) = runs
         out[f"CUDA graph == eager, one layer called twice per step, 3 AdamW steps ({recipe})"] = (
             l0 == l1 and c0 == c1 == 6 and _same(p0, p1)

@@ -341,7 +341,7 @@ def check_cuda_graphs() -> dict:
     """Training steps replayed from CUDA graphs (``fp4train.cuda_graphs``) equal eager steps bit for
     bit: two ``QuantLinear`` layers per recipe, three AdamW steps from the same weights under
     bf16 autocast; the losses, the final weights and the SR step counters are compared."""
-    from fp4train.cuda_graphs import capture_training_graph
+    from experiments.bench.graph_steps import train_steps
     from fp4train.linear import QuantLinear
 
     x = torch.randn(512, 1024, device="cuda")
@@ -352,20 +352,8 @@ def check_cuda_graphs() -> dict:
             torch.manual_seed(0)
             model = torch.nn.Sequential(QuantLinear(1024, 2048, recipe=recipe), torch.nn.GELU(),
                                         QuantLinear(2048, 1024, recipe=recipe)).cuda()
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                forward = capture_training_graph(model, (x,)) if graphed else model
-            losses = []
-            for _ in range(3):
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    loss = forward(x).float().square().mean()
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(loss.item())
-            runs.append((losses, [p.detach().clone() for p in model.parameters()], int(model[0].sr_step)))
-            if graphed:
-                forward.release()
+            losses, params = train_steps(model, x, graphed)
+            runs.append((losses, params, int(model[0].sr_step)))
         (l0, p0, c0), (l1, p1, c1) = runs
         same = l0 == l1 and c0 == c1 == 3 and all(torch.equal(a, b) for a, b in zip(p0, p1))
         out[f"CUDA graph == eager: {recipe} QuantLinear ×2, 3 AdamW steps (losses, weights, SR counters)"] = same
