@@ -272,10 +272,16 @@ class QuantLinear(nn.Linear):
             return None
         return stream_seed(spec.seed, self.layer_id, OPERANDS.index(operand), *((rank,) if rank else ()))
 
+    @staticmethod
+    def process_rank() -> int:
+        """This process's rank in the default process group (0 without one): the SR streams of
+        ranks but 0 mix it in (``_stream_key``)."""
+        dist = torch.distributed
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
     def _plan(self, grad: bool) -> _CallPlan:
         """This call's specs, SR stream keys and quantizers (``_CallPlan``)."""
-        dist = torch.distributed
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        rank = self.process_rank()
         specs = tuple(self.operand_spec(o) for o in OPERANDS)
         keys = tuple(self._stream_key(o, s, rank) for o, s in zip(OPERANDS, specs))
         quantizers = tuple(None if s.is_identity else self.operand_quantizer(o) for o, s in zip(OPERANDS, specs))
@@ -331,8 +337,15 @@ class QuantLinear(nn.Linear):
         if self.training and grad:
             self.sr_step.add_(1)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            y = _QuantLinearFunction.apply(x.reshape(-1, self.in_features), self.weight, self.bias, self, self._plan(grad))
+            y = self.quantized_gemms(x.reshape(-1, self.in_features), grad)
         return y.reshape(*x.shape[:-1], self.out_features)
+
+    def quantized_gemms(self, x: torch.Tensor, grad: bool) -> torch.Tensor:
+        """``x Wᵀ + b`` for a 2-D ``x`` (tokens × in, already cast as the GEMMs take it), with the
+        layer's quantized Fprop and the Dgrad and Wgrad it sets up; autocast is off, ``sr_step`` is
+        this call's. A method whose backward is not three separately quantized GEMMs (one that
+        reuses the forward's quantized operands and masks, say) overrides this."""
+        return _QuantLinearFunction.apply(x, self.weight, self.bias, self, self._plan(grad))
 
     def graph_key(self) -> tuple:
         """What a CUDA graph of this layer depends on beyond tensor values (``fp4train.cuda_graphs``)."""

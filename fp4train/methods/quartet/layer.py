@@ -13,7 +13,6 @@ counter, drawn on the device (``randomness``), so CUDA graphs replay fresh bits.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from fp4train.linear import QuantLinear
 from fp4train.quant import SRStream
@@ -24,24 +23,18 @@ __all__ = ["QuartetLinear"]
 
 
 class QuartetLinear(QuantLinear):
-    """``QuantLinear`` computing Quartet's quantized Fprop, Dgrad and Wgrad (module doc); the
-    recipe's ``options`` are its ``QuartetConfig``."""
+    """``QuantLinear`` whose GEMMs (``quantized_gemms``) are Quartet's quantized Fprop, Dgrad and
+    Wgrad (module doc); the recipe's ``options`` are its ``QuartetConfig``."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.is_unquantized:
-            return F.linear(x, self.weight, self.bias)
+    def quantized_gemms(self, x: torch.Tensor, grad: bool) -> torch.Tensor:
         if self.high_precision:
             raise ValueError(
                 f"{self.__class__.__name__}: Quartet's backward reuses the forward's quantized operands, so its "
                 f"GEMMs switch to high precision together; got high_precision={sorted(self.high_precision)} (use a "
                 f"precision schedule over all GEMMs: precision_schedule.scope=all)"
             )
-        x = self.gemm_input(x)
         stream = None
-        if self.training and torch.is_grad_enabled():
-            self.sr_step.add_(1)
-            dist = torch.distributed
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            key = self._stream_key("dy_dgrad", self.recipe.spec("dy_dgrad"), rank)
+        if self.training and grad:
+            key = self._stream_key("dy_dgrad", self.recipe.spec("dy_dgrad"), self.process_rank())
             stream = SRStream(key, self.sr_step.clone())
         return quartet_linear(x, self.weight, self.bias, config=self.recipe.options, seed=stream)
