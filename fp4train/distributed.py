@@ -50,7 +50,7 @@ from fp4train.recipes import Recipe
 
 __all__ = [
     "FSDP2Strategy", "build_strategy", "check_strategy", "check_sweep", "consolidate",
-    "launch_topology", "load_model_state", "shard_model",
+    "launch_topology", "load_model_state", "shard_model", "sharded_checkpoint_summary",
 ]
 
 FSDP_PRECISIONS = ("32-true", "bf16-mixed")
@@ -163,6 +163,25 @@ def consolidate(path: str | os.PathLike, out: str | os.PathLike | None = None) -
     checkpoint["optimizer_states"] = [_number_params(sharded.pop(f"optimizer_{i}")) for i in range(n)]
     torch.save(checkpoint, out)
     return out
+
+
+def sharded_checkpoint_summary(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Size | None]]:
+    """The non-tensor entries of the sharded checkpoint folder ``path`` (its ``meta.pt``: global
+    step, loops, callbacks …) and the full shape of each entry of its state dict, read from the
+    ``torch.distributed.checkpoint`` metadata alone (no tensor is loaded). A module's extra state,
+    which DCP stores flattened as ``<name>._extra_state.<field>``, is one entry
+    ``<name>._extra_state`` with shape ``None``, as a one-process state dict has it."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    path = Path(path)
+    meta = torch.load(path / "meta.pt", map_location="cpu", weights_only=True)
+    shapes: dict[str, torch.Size | None] = {}
+    prefix = "state_dict."
+    for key, value in FileSystemReader(str(path)).read_metadata().state_dict_metadata.items():
+        if key.startswith(prefix):
+            name, extra, _ = key[len(prefix):].partition("._extra_state.")
+            shapes[name + "._extra_state" if extra else name] = None if extra else getattr(value, "size", None)
+    return meta, shapes
 
 
 def _number_params(state: dict) -> dict:

@@ -42,14 +42,15 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.distributed.checkpoint import FileSystemReader
 from torch.utils.data import Dataset
 
 from fp4train.callbacks import FiniteCheckpoint, QuantStatsLogger, build_callbacks
 from fp4train.convert import ConversionReport, convert
 from fp4train.linear import QuantLinear
 from fp4train.data import build_datasets
-from fp4train.distributed import build_strategy, check_strategy, check_sweep, launch_topology
+from fp4train.distributed import (
+    build_strategy, check_strategy, check_sweep, launch_topology, sharded_checkpoint_summary,
+)
 from fp4train.errors import ConfigError
 from fp4train.lit import DIVERGED_FILE, IDENTITY_KEY, MODULES, StepDataModule, TrainModule
 from fp4train.loggers import ResumableCSVLogger
@@ -269,23 +270,14 @@ def _check_geometry(cfg: TrainConfig, model: nn.Module, dataset: Dataset) -> Non
     )
 
 
-def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Size]]:
+def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """A checkpoint's entries other than the weights, and the shape of each entry of its state
-    dict (``None`` for a module's extra state): a single-file
-    Lightning checkpoint, or a sharded one (a folder of ``torch.distributed.checkpoint`` files
-    plus ``meta.pt``, as ``trainer=fsdp`` writes it; only its metadata is read)."""
+    dict (``None`` for a module's extra state): a single-file Lightning checkpoint, or a sharded
+    one (``fp4train.distributed.sharded_checkpoint_summary``; only its metadata is read)."""
     if path.is_dir():
         if not (path / ".metadata").is_file() or not (path / "meta.pt").is_file():
             raise ValueError("a folder, but not a sharded checkpoint (no .metadata and meta.pt inside)")
-        meta = torch.load(path / "meta.pt", map_location="cpu", weights_only=True)
-        stored = FileSystemReader(str(path)).read_metadata().state_dict_metadata
-        prefix = "state_dict."
-        shapes: dict[str, Any] = {}
-        for key, value in stored.items():
-            if key.startswith(prefix):  # a module's extra state is stored flattened: name._extra_state.<field>
-                name, extra, _ = key[len(prefix):].partition("._extra_state.")
-                shapes[name + "._extra_state" if extra else name] = None if extra else getattr(value, "size", None)
-        return meta, shapes
+        return sharded_checkpoint_summary(path)
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError("not a Lightning checkpoint (no state_dict)")
