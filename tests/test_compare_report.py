@@ -15,10 +15,11 @@ from fp4train import compare
 matplotlib.use("Agg")
 
 
-def write_run(root, name, recipe, seed, train, val=None, batch=4, seq_len=8, extra=()):
+def write_run(root, name, recipe, seed, train, val=None, batch=4, seq_len=8, extra=(), logged=None):
     """A run folder as fp4train.train writes it: run_info.json, .hydra/config.yaml, csv/metrics.csv
-    with train losses at logged steps 0..n-1 and ``val`` {logged step: loss} (Lightning logs the
-    validation after k steps at step k − 1)."""
+    with train losses at logged steps 0..n-1, ``val`` {logged step: loss} (Lightning logs the
+    validation after k steps at step k − 1) and ``logged`` {column: {logged step: value}}, one row
+    per value as Lightning's CSV logger writes a log call."""
     run = root / name
     (run / "csv").mkdir(parents=True)
     (run / ".hydra").mkdir()
@@ -31,11 +32,15 @@ def write_run(root, name, recipe, seed, train, val=None, batch=4, seq_len=8, ext
          "data": {"name": "stdlib_text", "batch_size": batch, "options": {"seq_len": seq_len}}}))
     with (run / "csv" / "metrics.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["epoch", "step", "train/loss", "val/loss"])
+        columns = list(logged or {})
+        writer.writerow(["epoch", "step", "train/loss", "val/loss", *columns])
         for step, value in enumerate(train):
-            writer.writerow([0, step, value, ""])
+            writer.writerow([0, step, value, ""] + [""] * len(columns))
         for step, value in (val or {}).items():
-            writer.writerow([0, step, "", value])
+            writer.writerow([0, step, "", value] + [""] * len(columns))
+        for i, column in enumerate(columns):
+            for step, value in logged[column].items():
+                writer.writerow([0, step, "", ""] + [value if j == i else "" for j in range(len(columns))])
     return run
 
 
