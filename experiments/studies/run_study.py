@@ -10,7 +10,8 @@ graphs, CSV logging and no checkpoints, written to ``OUT/<n>_<slug>``. All sweep
 up to ``jobs per GPU × sweeps`` runs share each GPU (on one H200, 9 micro-LM runs side by side
 finished in 161 s, about 2× the throughput of one at a time). When they have ended,
 ``fp4train.compare`` reads every sweep folder into one report, ``OUT/comparison.md`` and its plots:
-one row per recipe or ablation, mean ± seed spread.
+one row per recipe or ablation, mean ± seed spread (with the study's extra metrics and gap closure
+when every sweep ran; over sweeps run apart, call ``fp4train.compare`` on their folders).
 
 ``--dry-run`` prints the commands instead; ``--sweeps`` picks some by number; extra arguments
 after ``--`` are appended to every sweep (e.g. ``-- trainer.max_steps=20`` for a smoke run).
@@ -33,10 +34,12 @@ __all__ = ["STUDIES", "Study", "sweep_commands", "main"]
 @dataclass(frozen=True)
 class Study:
     """``recipe``: the study's recipe (``recipes/<recipe>.yaml``); ``sweeps``: the overrides of each
-    sweep (Hydra's sweep syntax: ``quant=bf16,nvfp4 seed=0,1,2``)."""
+    sweep (Hydra's sweep syntax: ``quant=bf16,nvfp4 seed=0,1,2``); ``report``: extra arguments of
+    its ``fp4train.compare`` report (``--metrics``, ``--closure``)."""
 
     recipe: str
     sweeps: tuple[tuple[str, ...], ...]
+    report: tuple[str, ...] = ()
 
 
 SEEDS = "seed=0,1,2"
@@ -52,11 +55,13 @@ STUDIES: dict[str, Study] = {
         ("quant=nvfp4", "quant.bf16_first_blocks=0", "quant.bf16_last_blocks=0", SEEDS),
         ("quant=nvfp4", "precision_schedule.switch_at=0.82", SEEDS),
     )),
-    # arXiv 2502.20853: plain MXFP4 and TetraJet's remedies against bf16
+    # arXiv 2502.20853: plain MXFP4 and TetraJet's remedies against bf16; the report adds accuracy,
+    # the oscillation metrics (§4) and the share of plain MXFP4's gap each remedy closes
     "tetrajet_vit_fashion_mnist": Study("tetrajet_vit_fashion_mnist", (
         ("quant=bf16,mxfp4,tetrajet", SEEDS),
         ("quant=tetrajet_qema,tetrajet_qramping", SEEDS),
-    )),
+    ), report=("--metrics", "val/acc", "osc/mean/oscillation_ratio", "osc/mean/oscillating_fraction",
+               "--closure", "mxfp4")),
 }
 COMMON = ("trainer.cuda_graph=true", "logger=csv", "launcher=parallel", "checkpoint.every_n_steps=0",
           "checkpoint.save_last=false", "trainer.enable_progress_bar=false")
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         if code:
             failed.append(folder.name)
     report = subprocess.run([sys.executable, "-m", "fp4train.compare", *[str(f) for _, f in commands],
-                             "--out", str(args.out)])
+                             "--out", str(args.out), *(STUDIES[args.study].report if args.sweeps is None else ())])
     if failed or report.returncode:
         raise SystemExit(f"sweeps that failed: {failed} (logs: {args.out}/<sweep>.log)" if failed
                          else "the comparison report failed")
