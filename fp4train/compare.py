@@ -4,7 +4,7 @@ a table and a PNG of further logged metrics, and the share of a reference recipe
 other recipe closes.
 
 ``python -m fp4train.compare SOURCE [SOURCE ...] [--out DIR] [--baseline bf16] [--metrics KEY ...]
-[--closure REF]``; each SOURCE is, in order of preference:
+[--closure REF] [--at-step N]``; each SOURCE is, in order of preference:
 
 * a directory holding run folders written by ``fp4train.train`` (a Hydra multirun directory, or
   any parent): each run's ``csv/metrics.csv``, ``run_info.json`` and ``.hydra/config.yaml``;
@@ -35,6 +35,11 @@ baseline and REF, ``closure = (L_REF − L_g) / (L_REF − L_base)`` of the grou
 seeds resampled with replacement, independently, 2000 times, from a fixed numpy seed); the same for
 every ``--metrics`` key that ends in ``acc``. When REF's gap is within the seed spread
 (sd_base + sd_REF) the table says that the closure is not meaningful.
+
+A run whose log stops short of its config's ``trainer.max_steps`` (a time limit, a crash) is
+"incomplete": listed, but given no gap. ``--at-step N`` compares every run as it
+stood after N optimizer steps (``at_step``), so runs stopped early can still be compared at equal
+steps.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +65,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
-    "Group", "MultirunReport", "Run", "closure_table", "comparison_table", "final_loss", "final_value",
+    "Group", "MultirunReport", "Run", "at_step", "closure_table", "comparison_table", "final_loss", "final_value",
     "gap_closure", "group_runs", "load_csv_runs", "load_runs", "load_wandb_group", "load_wandb_offline", "main",
     "metrics_table", "plot_gaps", "plot_metrics", "plot_runs", "write_report",
 ]
@@ -146,6 +151,34 @@ def _metric_names(keys: Iterable[str]) -> list[str]:
     return [k for k in dict.fromkeys(keys) if k not in STEP_KEYS and not k.startswith("_")]
 
 
+def _completion(curves: dict[str, list[tuple[int, float]]], config: dict[str, Any]) -> str:
+    """"finished", or "incomplete" when the config's ``trainer.max_steps`` is known and the log
+    stops short of it by more than one logging interval (``trainer.log_every_n_steps``, default 1):
+    a run stopped by a time limit or a crash, whose last values are not its final ones."""
+    trainer = config.get("trainer") or {}
+    max_steps, every = trainer.get("max_steps"), trainer.get("log_every_n_steps", 1)
+    logged = max((s for c in curves.values() for s, _ in c), default=-1) + 1
+    if isinstance(max_steps, int) and max_steps > 0 and isinstance(every, int) and logged + every - 1 < max_steps:
+        return "incomplete"
+    return "finished"
+
+
+def at_step(runs: list[Run], step: int) -> list[Run]:
+    """The runs as they stood after ``step`` optimizer steps (equal-steps comparison of runs of
+    which some stopped early): each curve cut to logged steps < ``step``; a run logged through step
+    ``step`` − 1 counts as finished there (a diverged run stays diverged), one that stops short is
+    "incomplete"."""
+    if step < 1:
+        raise ValueError(f"at_step needs a step >= 1, got {step}")
+    out = []
+    for run in runs:
+        curves = {k: [(s, v) for s, v in c if s < step] for k, c in run.curves.items()}
+        reached = any(s >= step - 1 for c in run.curves.values() for s, _ in c)
+        status = run.status if run.status == "diverged" else ("finished" if reached else "incomplete")
+        out.append(replace(run, curves={k: c for k, c in curves.items() if c}, status=status))
+    return out
+
+
 def load_csv_runs(root: Path, metrics: Sequence[str] = ()) -> list[Run]:
     """Runs under ``root`` (recursively) that have ``run_info.json`` and ``csv/metrics.csv``
     (``.hydra/config.yaml``, when present, gives the seed and the tokens per step); their loss
@@ -163,7 +196,7 @@ def load_csv_runs(root: Path, metrics: Sequence[str] = ()) -> list[Run]:
             reader = csv.DictReader(f)
             curves = _curves_from_rows(reader, (*LOSS_KEYS, *metrics))
             logged = _metric_names(reader.fieldnames or [])
-        status = "diverged" if (run_dir / "DIVERGED").exists() else "finished"
+        status = "diverged" if (run_dir / "DIVERGED").exists() else _completion(curves, config)
         facts = _config_facts(config)
         facts["study"] = str(info.get("study") or facts["study"])  # resolved, unlike the saved config's
         if not facts["model"]:
@@ -852,6 +885,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="label or recipe name of a reference group (e.g. mxfp4): the share of its final-loss "
                              "(and accuracy) gap to the baseline that each other group closes, with a 90%% "
                              "bootstrap interval, in comparison_closure.md")
+    parser.add_argument("--at-step", type=int, metavar="N",
+                        help="compare the runs as they stood after N optimizer steps (runs that stopped early; "
+                             "those that did not reach N are left out as incomplete)")
     args = parser.parse_args(argv)
     args.metrics = list(dict.fromkeys(args.metrics))  # a key named twice is one column
     if args.out is None and len(args.sources) > 1:
@@ -859,6 +895,8 @@ def main(argv: list[str] | None = None) -> None:
     source = Path(args.sources[0])
     try:
         runs = [run for src in args.sources for run in load_runs(src, args.metrics)]
+        if args.at_step is not None:
+            runs = at_step(runs, args.at_step)
         text, files = write_report(runs, Path(args.out or (source if source.is_dir() else ".")), args.baseline,
                                    args.metrics, args.closure)
     except (FileNotFoundError, ValueError) as e:

@@ -15,7 +15,7 @@ from fp4train import compare
 matplotlib.use("Agg")
 
 
-def write_run(root, name, recipe, seed, train, val=None, batch=4, seq_len=8, extra=(), logged=None):
+def write_run(root, name, recipe, seed, train, val=None, batch=4, seq_len=8, extra=(), logged=None, max_steps=None):
     """A run folder as fp4train.train writes it: run_info.json, .hydra/config.yaml, csv/metrics.csv
     with train losses at logged steps 0..n-1, ``val`` {logged step: loss} (Lightning logs the
     validation after k steps at step k − 1) and ``logged`` {column: {logged step: value}}, one row
@@ -29,7 +29,8 @@ def write_run(root, name, recipe, seed, train, val=None, batch=4, seq_len=8, ext
          "data": "stdlib_text", "overrides": overrides}))
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
         {"model": {"name": "hybrid_lm", "size": "micro"}, "seed": seed, "study": "toy_study",
-         "data": {"name": "stdlib_text", "batch_size": batch, "options": {"seq_len": seq_len}}}))
+         "data": {"name": "stdlib_text", "batch_size": batch, "options": {"seq_len": seq_len}},
+         **({"trainer": {"max_steps": max_steps}} if max_steps else {})}))
     with (run / "csv" / "metrics.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         columns = list(logged or {})
@@ -181,3 +182,21 @@ def test_baseline_may_be_named_by_label():
     table = compare.comparison_table(runs, baseline="bf16 optim.lr=1e-3")
     assert "| nvfp4 optim.lr=1e-3 | nvfp4 | 10 | 2.0200 (val) | +1.00% | finished |" in table
     assert not math.isnan(compare.final_loss(runs[1])[1])
+
+
+def test_a_run_stopped_short_of_max_steps_is_incomplete_and_at_step_compares_at_equal_steps(tmp_path):
+    from fp4train.compare import at_step, comparison_table, load_csv_runs
+
+    # bf16 ran its 4 steps; nvfp4 was stopped after 2 of 4 (a time limit): its last loss is not final
+    write_run(tmp_path, "0_bf16", "bf16", 0, [3.0, 2.5, 2.2, 2.0], val={1: 2.6, 3: 2.0}, max_steps=4)
+    write_run(tmp_path, "1_nvfp4", "nvfp4", 0, [3.0, 2.6], val={1: 2.73}, max_steps=4)
+    runs = load_csv_runs(tmp_path)
+    assert {r.recipe: r.status for r in runs} == {"bf16": "finished", "nvfp4": "incomplete"}
+    assert "| nvfp4 | nvfp4 | 2 | 2.7300 (val) | n/a | incomplete |" in comparison_table(runs)
+    # after 2 steps both stood at their step-1 validation: nvfp4 is 5% behind
+    table = comparison_table(at_step(runs, 2))
+    assert "| nvfp4 | nvfp4 | 2 | 2.7300 (val) | +5.00% | finished |" in table
+    assert "| bf16 | bf16 | 2 | 2.6000 (val) | baseline | finished |" in table
+    assert {r.status for r in at_step(runs, 3)} == {"finished", "incomplete"}
+    with pytest.raises(ValueError, match="step >= 1"):
+        at_step(runs, 0)
