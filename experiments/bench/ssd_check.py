@@ -267,6 +267,7 @@ def run_checks(shapes: list[ScanShape], device: str, checks: tuple[str, ...], in
     rows: list[dict] = []
     variants = ("torch fp32", "triton fp32") if interpret else ("torch fp32", "triton fp32", "triton bf16")
     for s in shapes:
+        print(f"checking {', '.join(c for c in checks if c != 'sdpa')} at {s} ...", file=sys.stderr, flush=True)
         new = []
         if "scan" in checks:
             new += check_scan(s, device, variants)
