@@ -151,14 +151,18 @@ def _metric_names(keys: Iterable[str]) -> list[str]:
     return [k for k in dict.fromkeys(keys) if k not in STEP_KEYS and not k.startswith("_")]
 
 
-def _completion(curves: dict[str, list[tuple[int, float]]], config: dict[str, Any]) -> str:
-    """"finished", or "incomplete" when the config's ``trainer.max_steps`` is known and the log
-    stops short of it by more than one logging interval (``trainer.log_every_n_steps``, default 1):
-    a run stopped by a time limit or a crash, whose last values are not its final ones."""
+def _steps(run: Run) -> int:
+    """Optimizer steps the run logged: its last logged step + 1."""
+    return max((s for c in run.curves.values() for s, _ in c), default=-1) + 1
+
+
+def _completion(run: Run, config: dict[str, Any]) -> str:
+    """"finished", or "incomplete" when the config's ``trainer.max_steps`` is known and the run's
+    log stops short of it by more than one logging interval (``trainer.log_every_n_steps``, default
+    1): a run stopped by a time limit or a crash, whose last values are not its final ones."""
     trainer = config.get("trainer") or {}
     max_steps, every = trainer.get("max_steps"), trainer.get("log_every_n_steps", 1)
-    logged = max((s for c in curves.values() for s, _ in c), default=-1) + 1
-    if isinstance(max_steps, int) and max_steps > 0 and isinstance(every, int) and logged + every - 1 < max_steps:
+    if isinstance(max_steps, int) and max_steps > 0 and isinstance(every, int) and _steps(run) + every - 1 < max_steps:
         return "incomplete"
     return "finished"
 
@@ -173,8 +177,7 @@ def at_step(runs: list[Run], step: int) -> list[Run]:
     out = []
     for run in runs:
         curves = {k: [(s, v) for s, v in c if s < step] for k, c in run.curves.items()}
-        reached = any(s >= step - 1 for c in run.curves.values() for s, _ in c)
-        status = run.status if run.status == "diverged" else ("finished" if reached else "incomplete")
+        status = run.status if run.status == "diverged" else ("finished" if _steps(run) >= step else "incomplete")
         out.append(replace(run, curves={k: c for k, c in curves.items() if c}, status=status))
     return out
 
@@ -196,13 +199,14 @@ def load_csv_runs(root: Path, metrics: Sequence[str] = ()) -> list[Run]:
             reader = csv.DictReader(f)
             curves = _curves_from_rows(reader, (*LOSS_KEYS, *metrics))
             logged = _metric_names(reader.fieldnames or [])
-        status = "diverged" if (run_dir / "DIVERGED").exists() else _completion(curves, config)
         facts = _config_facts(config)
         facts["study"] = str(info.get("study") or facts["study"])  # resolved, unlike the saved config's
         if not facts["model"]:
             facts["model"] = " on ".join(str(info[k]) for k in ("model", "data") if info.get(k))
-        runs.append(Run(run_dir.name, info["recipe"], list(info.get("overrides", [])), curves, status,
-                        info.get("group", ""), **facts, logged=logged))
+        run = Run(run_dir.name, info["recipe"], list(info.get("overrides", [])), curves, "finished",
+                  info.get("group", ""), **facts, logged=logged)
+        run.status = "diverged" if (run_dir / "DIVERGED").exists() else _completion(run, config)
+        runs.append(run)
     return runs
 
 
@@ -222,8 +226,10 @@ def load_wandb_offline(root: Path, metrics: Sequence[str] = ()) -> list[Run]:
             elif record.get("type") == "history":
                 rows.append(record["history"].get("item", {}))
         config = run.get("config", {}).get("update", {})
-        runs.append(_run_from_config(run_dir.name, config, _curves_from_rows(rows, (*LOSS_KEYS, *metrics)),
-                                     "finished", run.get("run_group", ""), _metric_names(k for r in rows for k in r)))
+        loaded = _run_from_config(run_dir.name, config, _curves_from_rows(rows, (*LOSS_KEYS, *metrics)),
+                                  "finished", run.get("run_group", ""), _metric_names(k for r in rows for k in r))
+        loaded.status = _completion(loaded, config)
+        runs.append(loaded)
     return runs
 
 
@@ -337,11 +343,6 @@ def _paired_baseline(run: Run, base: Group) -> list[Run]:
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
-
-
-def _steps(run: Run) -> int:
-    """Optimizer steps the run logged: its last logged step + 1."""
-    return max((s for c in run.curves.values() for s, _ in c), default=-1) + 1
 
 
 def comparison_table(runs: list[Run], baseline: str = "bf16") -> str:
