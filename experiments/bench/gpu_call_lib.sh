@@ -29,7 +29,10 @@ pack_results() {
 }
 ( while sleep "$PACK_EVERY"; do pack_results; done ) &
 PACKER=$!
-trap 'kill $PACKER 2>/dev/null; pkill -f fp4train.train 2>/dev/null; sleep 1; pack_results; t packed' EXIT
+# KEEP_RUNNING=1: training runs started with setsid outlive the call (they run on while the machine stays
+# warm, and the next call, sent within its idle window, finds them and their files under $RESULTS).
+KEEP_RUNNING=${KEEP_RUNNING:-0}
+trap '[ "$KEEP_RUNNING" = 1 ] || pkill -f fp4train.train 2>/dev/null; kill $PACKER 2>/dev/null; sleep 1; pack_results; t packed' EXIT
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*-py3-none-any.whl \

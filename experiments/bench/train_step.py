@@ -303,14 +303,18 @@ def main() -> None:
             traceback.print_exc()
             rows.append({**asdict(case), "label": case.label, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"})
         print(json.dumps(rows[-1]), flush=True)
+        write_results(args.out, rows)  # after every case: a command cut at its time limit keeps the finished ones
         gc.collect()  # the finished case's model, optimizer and graphs can sit in reference cycles:
         torch.cuda.empty_cache()  # free them before the next case's peak is measured
+    print(markdown(rows, torch.cuda.get_device_name()))
+
+
+def write_results(out: Path, rows: list[dict]) -> None:
+    """``train_step.json`` and ``train_step.md`` of the rows so far, in ``out``."""
     device = torch.cuda.get_device_name()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train_step.json").write_text(json.dumps({"device": device, "torch": torch.__version__, "rows": rows}, indent=1))
-    table = markdown(rows, device)
-    (args.out / "train_step.md").write_text(table + "\n")
-    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_step.json").write_text(json.dumps({"device": device, "torch": torch.__version__, "rows": rows}, indent=1))
+    (out / "train_step.md").write_text(markdown(rows, device) + "\n")
 
 
 if __name__ == "__main__":
