@@ -1,6 +1,7 @@
 """Every command the docs give is checked, so that documented commands cannot rot.
 
-Commands are collected from README.md, docs/*.md (fenced shell blocks and inline code) and the
+Commands are collected from README.md, docs/*.md, the study pages experiments/studies/*/README.md
+(fenced shell blocks and inline code) and the
 comments of recipes/*.yaml and conf/**/*.yaml: every ``python -m MODULE …`` and every
 ``fp4train``/``fp4train-compare`` script call. Then, by entry point:
 
@@ -44,7 +45,7 @@ from omegaconf import OmegaConf
 from fp4train.train import CONF_DIR, build_converted_model, check_config, to_train_config
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "experiments" / "studies").glob("*/README.md"))]
 YAMLS = sorted({p.resolve() for p in [*(REPO / "recipes").glob("*.yaml"), *(REPO / "conf").rglob("*.yaml")]})
 # a command starts here: optional VAR=value prefixes, then `python -m module` or a console script
 START = re.compile(r"(?:\b[A-Z_][A-Z0-9_]*=\S+\s+)*(?:python -m [\w.]+|(?<![\w/.-])fp4train(?:-compare)?(?![\w/.-]))")
