@@ -122,9 +122,12 @@ def test_train_step_table_ratios_errors_and_comparisons():
     Case = train_step.Case
     bf16, nvfp4 = Case("hybrid_lm", "small", "bf16", 32), Case("hybrid_lm", "small", "nvfp4", 32)
     before, norm = Case("hybrid_lm", "small", "bf16", 8, ssd_impl="torch"), Case("hybrid_lm", "small", "bf16", 32, fused_gated_norm=False)
+    conv = Case("hybrid_lm", "small", "bf16", 32, fused_causal_conv=False)
     oom = Case("hybrid_lm", "base", "bf16", 32)
+    older = {k: v for k, v in _row(Case("hybrid_lm", "base", "nvfp4", 32), 300.0, 20.0).items() if k != "fused_causal_conv"}
     rows = [_row(bf16, 100.0, 10.0), _row(nvfp4, 120.0, 8.0), _row(before, 200.0, 32.0), _row(norm, 110.0, 10.0),
-            {**asdict(oom), "label": oom.label, "error": "OutOfMemoryError: CUDA out of memory"}]
+            _row(conv, 125.0, 11.0), {**asdict(oom), "label": oom.label, "error": "OutOfMemoryError: CUDA out of memory"},
+            older]  # a row from before the fused_causal_conv field: read with its default
     md = train_step.markdown(rows, "GPU")
     line = next(x for x in md.splitlines() if x.startswith("| hybrid_lm small | nvfp4 |"))
     assert "| 32×1024 | triton | no | 120.0 | 273,067 tok/s | 25.0% | 8.00 | 1.20 | 0.80 | 5.5000 |" in line
@@ -133,6 +136,9 @@ def test_train_step_table_ratios_errors_and_comparisons():
     assert ("- hybrid_lm small bf16 eager: 327,680 tok/s at 32×1024 vs 40,960 tok/s with the torch scan at 8×1024: 8.00×"
             in md.splitlines())
     assert "with our PyTorch gated norm at 32×1024: 1.10×" in md
+    assert "| hybrid_lm small | bf16 | 32×1024 | triton, torch conv | no | 125.0 |" in md
+    assert "with PyTorch's conv1d at 32×1024: 1.25×" in md
+    assert "| hybrid_lm base | nvfp4 | 32×1024 | triton | no | 300.0 |" in md
 
 
 @pytest.mark.parametrize("case", [

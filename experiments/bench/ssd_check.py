@@ -17,6 +17,9 @@ measures the arithmetic of the implementation, not the rounding of its inputs. P
 * ``triton bf16`` (x, B, C in bf16, as the model runs it under autocast) and the gated norms with
   bf16 inputs: 2e-2 — bf16 keeps 8 significant bits (spacing 2^-8 ≈ 3.9e-3); intermediates stored
   in bf16 (the chunk states, the output) add a few such roundings.
+* ``causal conv``: the depthwise causal conv1d + SiLU on bf16 inputs, ``F.conv1d`` and
+  causal-conv1d's ``causal_conv1d_fn`` (``fused_causal_conv``), against ours in float64: 2e-2 (bf16
+  output). A failing row when causal-conv1d does not import.
 * ``mixer``: the whole ``Mamba2Mixer`` (bf16 autocast, in_proj/out_proj included) with the triton
   path against the torch path — the difference the bf16 conv and scan inputs make — on the output,
   the input gradient and every parameter gradient: 5e-2.
@@ -49,7 +52,7 @@ import torch.nn.functional as F
 
 from fp4train.models import hybrid_lm, model_config
 
-THRESHOLDS = {"torch fp32": 1e-4, "triton fp32": 1e-2, "triton bf16": 2e-2, "norm": 2e-2, "mixer": 5e-2}
+THRESHOLDS = {"torch fp32": 1e-4, "triton fp32": 1e-2, "triton bf16": 2e-2, "norm": 2e-2, "conv": 2e-2, "mixer": 5e-2}
 SCAN_INPUTS = ("x", "dt", "dt_bias", "A", "B", "C", "D")
 
 
@@ -163,6 +166,35 @@ def check_gated_norm(s: ScanShape, device: str) -> list[dict]:
     return rows
 
 
+def check_causal_conv(s: ScanShape, device: str, width: int = 4) -> list[dict]:
+    """``causal_conv_silu`` through ``F.conv1d`` and through causal-conv1d's kernel on bf16 inputs (a
+    channel-last slice, as the mixer hands it) against ``F.conv1d`` in float64."""
+    from fp4train.models.mamba2 import causal_conv_silu
+    from fp4train.models.mamba_ssm_ops import _import_causal_conv1d, causal_conv1d_kernel
+
+    conv_dim = s.H * s.P + 2 * s.G * s.N
+    g = torch.Generator().manual_seed(3)
+    wide = torch.randn(s.b, s.l, conv_dim + 16, generator=g)  # xbc is a slice of in_proj's output
+    inputs = {"xbc": wide[..., 8:8 + conv_dim], "weight": 0.5 * torch.randn(conv_dim, 1, width, generator=g),
+              "bias": 0.1 * torch.randn(conv_dim, generator=g)}
+    inputs = {k: v.to(device, torch.bfloat16) for k, v in inputs.items()}
+    dy = torch.randn(s.b, s.l, conv_dim, generator=g).to(device, torch.bfloat16)
+    ref_y, ref_g = _fwd_bwd(causal_conv_silu, {k: v.double() for k, v in inputs.items()}, dy.double())
+    shape = f"b{s.b} l{s.l} d {conv_dim} width {width}"
+    rows = []
+    fused = causal_conv1d_kernel(width)
+    for name, fn in (("causal conv torch bf16", causal_conv_silu),
+                     ("causal conv cuda bf16", None if fused is None else lambda **t: causal_conv_silu(**t, fused=fused))):
+        if fn is None:
+            why = _import_causal_conv1d()
+            rows.append({"check": name, "shape": shape, "pass": False,
+                         "note": f"causal-conv1d not used: {why if isinstance(why, str) else f'width {width}'}"})
+            continue
+        y, grads = _fwd_bwd(fn, inputs, dy)
+        rows.append(_row(name, shape, y, grads, ref_y, ref_g, THRESHOLDS["conv"]))
+    return rows
+
+
 def check_mixer(s: ScanShape, device: str, autocast: bool, fused_norm: tuple[bool, ...] = (True, False)) -> list[dict]:
     """The mixer with the triton path (with each ``fused_norm`` choice) against the torch path."""
     from fp4train.models.mamba2 import Mamba2Mixer
@@ -258,7 +290,7 @@ def markdown(rows: list[dict], device: str) -> str:
     return "\n".join(lines)
 
 
-CHECKS = ("scan", "norm", "mixer", "sdpa")
+CHECKS = ("scan", "norm", "conv", "mixer", "sdpa")
 
 
 def run_checks(shapes: list[ScanShape], device: str, checks: tuple[str, ...], interpret: bool = False) -> list[dict]:
@@ -273,6 +305,8 @@ def run_checks(shapes: list[ScanShape], device: str, checks: tuple[str, ...], in
             new += check_scan(s, device, variants)
         if "norm" in checks:
             new += check_gated_norm(s, device)
+        if "conv" in checks and not interpret:  # a CUDA kernel: no interpreter
+            new += check_causal_conv(s, device)
         if "mixer" in checks:
             new += check_mixer(s, device, autocast=not interpret, fused_norm=(True,) if interpret else (True, False))
         for r in new:

@@ -20,7 +20,8 @@ Plans (``--plan``, several allowed; ``--only`` keeps the cases whose label conta
 * ``default`` (fits one 8-minute GPU command): LM small at 32×1024 tokens per step with the triton
   scan — bf16, fp8, mxfp4, nvfp4, eager and CUDA graph; LM small bf16 with the torch scan (the path
   before mamba_ssm; at 8×1024 tokens, its 32 GiB peak there would be ~4× at 32×1024) and with the
-  triton scan but our PyTorch gated norm (is the fused norm worth it?); LM base bf16 and nvfp4, eager
+  triton scan but our PyTorch gated norm, and with PyTorch's conv1d instead of causal-conv1d's kernel
+  (is each fused kernel worth it?); LM base bf16 and nvfp4, eager
   and graph; ViT small (256 images of 32×32) bf16 and nvfp4, eager and graph;
 * ``sizes``: LM 1b bf16 and nvfp4 at 16×1024 tokens, eager;
 * ``compile``: LM small and ViT small, bf16 and nvfp4, with ``compile_blocks`` (regional
@@ -69,6 +70,7 @@ class Case:
     cuda_graph: bool = False
     ssd_impl: str = "triton"
     fused_gated_norm: bool = True
+    fused_causal_conv: bool = True
     compile_blocks: bool = False
 
     @property
@@ -79,11 +81,23 @@ class Case:
     def label(self) -> str:
         parts = [f"{self.model} {self.size}", self.recipe, f"{self.batch}×{self.seq}" if self.is_lm else f"{self.batch} img"]
         if self.is_lm:
-            parts.append(f"{self.ssd_impl} scan" + ("" if self.fused_gated_norm or self.ssd_impl != "triton" else ", torch norm"))
+            parts.append(f"{self.ssd_impl} scan" + self.torch_ops_note)
         if self.compile_blocks:
             parts.append("compiled blocks")
         parts.append("graph" if self.cuda_graph else "eager")
         return ", ".join(parts)
+
+    @property
+    def torch_ops_note(self) -> str:
+        """Which of the triton path's fused kernels this case runs as PyTorch ops instead ("" if none)."""
+        if self.ssd_impl != "triton":
+            return ""
+        return "".join(note for on, note in ((self.fused_gated_norm, ", torch norm"), (self.fused_causal_conv, ", torch conv")) if not on)
+
+    @property
+    def is_default_path(self) -> bool:
+        """The triton scan with both fused kernels and eager blocks: what the variants are compared with."""
+        return self.ssd_impl == "triton" and self.fused_gated_norm and self.fused_causal_conv and not self.compile_blocks
 
     def baseline(self) -> "Case":
         """The bf16 case this one's time and memory are compared with."""
@@ -99,7 +113,8 @@ def plan_cases(plan: str) -> list[Case]:
     lm, vit = "hybrid_lm", "vit"
     if plan == "default":
         return (_both_modes([Case(lm, "small", r, 32) for r in ("bf16", "fp8", "mxfp4", "nvfp4")])
-                + [Case(lm, "small", "bf16", 8, ssd_impl="torch"), Case(lm, "small", "bf16", 32, fused_gated_norm=False)]
+                + [Case(lm, "small", "bf16", 8, ssd_impl="torch"), Case(lm, "small", "bf16", 32, fused_gated_norm=False),
+                   Case(lm, "small", "bf16", 32, fused_causal_conv=False)]
                 + _both_modes([Case(lm, "base", r, 32) for r in ("bf16", "nvfp4")])
                 + _both_modes([Case(vit, "small", r, 256) for r in ("bf16", "nvfp4")]))
     if plan == "sizes":
@@ -166,7 +181,8 @@ def bench(case: Case, steps: int, peak_tflops: float, profile: bool = False, dev
     from fp4train.recipes import RecipeConfig
 
     torch.manual_seed(0)
-    overrides = ({"ssd_impl": case.ssd_impl, "fused_gated_norm": case.fused_gated_norm, "vocab_size": VOCAB}
+    overrides = ({"ssd_impl": case.ssd_impl, "fused_gated_norm": case.fused_gated_norm,
+                  "fused_causal_conv": case.fused_causal_conv, "vocab_size": VOCAB}
                  if case.is_lm else {"num_classes": VIT_CLASSES})
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -243,9 +259,9 @@ def markdown(rows: list[dict], device: str) -> str:
              "| model | recipe | batch | scan | CUDA graph | step ms | throughput | MFU | peak GiB | × bf16 time | × bf16 memory | loss |"
              + (" GPU busy ms |" if busy else ""),
              "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if busy else "")]
-    by_case = {Case(**{k: r[k] for k in Case.__dataclass_fields__}): r for r in rows}
+    by_case = {case_of(r): r for r in rows}
     for case, r in by_case.items():
-        scan = "" if not case.is_lm else f"{case.ssd_impl}{'' if case.fused_gated_norm or case.ssd_impl != 'triton' else ', torch norm'}"
+        scan = f"{case.ssd_impl}{case.torch_ops_note}" if case.is_lm else ""
         head = (f"| {case.model} {case.size}{' (compiled blocks)' if case.compile_blocks else ''} | {case.recipe} | {_batch(r)} | "
                 f"{scan} | {'yes' if case.cuda_graph else 'no'} |")
         if "error" in r:
@@ -264,22 +280,25 @@ def markdown(rows: list[dict], device: str) -> str:
                                    "throughput ratio:", *extra] if extra else []))
 
 
+def case_of(row: dict) -> Case:
+    """The case a result row was measured for (fields a row of an older run lacks take their defaults)."""
+    return Case(**{k: row[k] for k in Case.__dataclass_fields__ if k in row})
+
+
 def comparisons(rows: list[dict]) -> list[str]:
-    """Throughput ratios of the variants a case differs from its reference in by one choice: the
-    torch scan, our PyTorch gated norm, compiled blocks (each against the default triton-scan,
-    fused-norm, uncompiled case of the same recipe and graph mode; batches may differ)."""
-    ok = [r for r in rows if "error" not in r]
-    key = lambda r, **kw: tuple({**r, **kw}[k] for k in ("model", "size", "recipe", "cuda_graph", "ssd_impl", "fused_gated_norm", "compile_blocks"))  # noqa: E731
-    reference = {key(r): r for r in ok if r["ssd_impl"] == "triton" and r["fused_gated_norm"] and not r["compile_blocks"]}
+    """Throughput ratios of the variants that differ from the default path (``Case.is_default_path``)
+    in one choice: the torch scan, our PyTorch gated norm, PyTorch's conv1d, compiled blocks — each
+    against the default-path case of the same model, size, recipe and graph mode (batches may differ)."""
+    ok = [(case_of(r), r) for r in rows if "error" not in r]
+    reference = {replace(c, batch=0): r for c, r in ok if c.is_default_path}
     lines = []
-    for r in ok:
-        if r["ssd_impl"] == "triton" and r["fused_gated_norm"] and not r["compile_blocks"]:
-            continue  # a reference itself
-        ref = reference.get(key(r, ssd_impl="triton", fused_gated_norm=True, compile_blocks=False))
-        if ref is None:
+    for c, r in ok:
+        default = replace(c, batch=0, ssd_impl="triton", fused_gated_norm=True, fused_causal_conv=True, compile_blocks=False)
+        ref = reference.get(default)
+        if c.is_default_path or ref is None:
             continue
-        what = ("the torch scan" if r["ssd_impl"] == "torch" else "our PyTorch gated norm" if not r["fused_gated_norm"]
-                else "compiled blocks")
+        what = ("the torch scan" if c.ssd_impl == "torch" else "our PyTorch gated norm" if not c.fused_gated_norm
+                else "PyTorch's conv1d" if not c.fused_causal_conv else "compiled blocks")
         lines.append(f"- {ref['model']} {ref['size']} {ref['recipe']} {'graph' if ref['cuda_graph'] else 'eager'}: "
                      f"{_fmt_items(ref)} at {_batch(ref)} vs {_fmt_items(r)} with {what} at {_batch(r)}: "
                      f"{ref['items_per_s'] / r['items_per_s']:.2f}×")

@@ -32,7 +32,8 @@ class HybridLMConfig:
     attn_head_dim or d_model / n_heads; Mamba heads = mamba_expand·d_model / mamba_head_dim.
 
     ``n_layers`` (optional) repeats or truncates ``pattern`` to that many layers. ``ssd_impl``
-    (auto | torch | triton) and ``fused_gated_norm`` pick the Mamba-2 kernels (``Mamba2Mixer``).
+    (auto | torch | triton), ``fused_gated_norm`` and ``fused_causal_conv`` pick the Mamba-2 kernels
+    (``Mamba2Mixer``).
     """
 
     pattern: str = "M-M-M*-M-"
@@ -55,6 +56,7 @@ class HybridLMConfig:
     init_std: float = 0.02
     ssd_impl: str = "auto"
     fused_gated_norm: bool = True
+    fused_causal_conv: bool = True
 
     def __post_init__(self) -> None:
         check_ssd_impl(self.ssd_impl)
@@ -169,6 +171,7 @@ class HybridBlock(nn.Module):
                 chunk_size=cfg.mamba_chunk_size,
                 ssd_impl=cfg.ssd_impl,
                 fused_gated_norm=cfg.fused_gated_norm,
+                fused_causal_conv=cfg.fused_causal_conv,
             )
         elif kind == "*":
             self.mixer = Attention(cfg)

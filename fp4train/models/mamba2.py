@@ -13,21 +13,35 @@ and A_h = -exp(A_log_h):
 Only ``in_proj`` and ``out_proj`` are GEMMs (``nn.Linear``, quantizable). The causal conv, the
 scan and the gated norm run with autocast disabled, in one of two ways (``ssd_impl``,
 models/mamba_ssm_ops.py): ``torch`` computes them in at least float32 (``ssd_chunked``, our
-``RMSNorm``); ``triton`` runs them as ``mamba_ssm``'s CUDA path does — conv1d and the scan inputs
-x, B, C in the activation dtype (bf16 under autocast), dt, A, D and ``dt_bias`` in float32, the
-softplus and float32 accumulation inside ``mamba_chunk_scan_combined``, and the gated norm
-computed in float32 (``rmsnorm_fn`` or ours) with its output in the activation dtype.
+``RMSNorm``); ``triton`` runs them as ``mamba_ssm``'s CUDA path does — conv1d (causal-conv1d's
+``causal_conv1d_fn`` where installed, else ``F.conv1d``) and the scan inputs x, B, C in the
+activation dtype (bf16 under autocast), dt, A, D and ``dt_bias`` in float32, the softplus and
+float32 accumulation inside ``mamba_chunk_scan_combined``, and the gated norm computed in float32
+(``rmsnorm_fn`` or ours) with its output in the activation dtype.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .mamba_ssm_ops import check_ssd_impl, mamba_ssm_kernels, resolve_ssd_impl
+from .mamba_ssm_ops import causal_conv1d_kernel, check_ssd_impl, mamba_ssm_kernels, resolve_ssd_impl
+
+
+def causal_conv_silu(xbc: Tensor, weight: Tensor, bias: Tensor, fused: Callable | None = None) -> Tensor:
+    """SiLU of the depthwise causal conv1d along the sequence (Mamba-2 §7, mamba_ssm's ``Mamba2``):
+    ``y[:, t, c] = silu(bias[c] + Σ_k weight[c, 0, k] · xbc[:, t − K + 1 + k, c])`` with K taps and zeros
+    before the start; ``xbc`` (b, l, d), ``weight`` (d, 1, K). ``fused``: causal-conv1d's
+    ``causal_conv1d_fn`` (``causal_conv1d_kernel``), handed (b, d, l) channel-last as ``Mamba2`` hands it
+    the split of ``in_proj``'s output; else ``F.conv1d`` padded K − 1 on both sides, cropped to l."""
+    if fused is not None:
+        return fused(xbc.transpose(1, 2), weight.squeeze(1), bias, activation="silu").transpose(1, 2)
+    y = F.conv1d(xbc.transpose(1, 2), weight, bias, padding=weight.size(-1) - 1, groups=xbc.size(-1))
+    return F.silu(y[..., : xbc.size(1)].transpose(1, 2))
 
 
 class RMSNorm(nn.Module):
@@ -169,7 +183,8 @@ class Mamba2Mixer(nn.Module):
     stored through the inverse softplus in ``dt_bias``; A_log = log(U(1, 16)); D = 1. A_log, D
     and dt_bias carry ``_no_weight_decay = True``. ``ssd_impl`` in {"auto", "torch", "triton"}
     picks the scan (module doc, models/mamba_ssm_ops.py); with the triton scan,
-    ``fused_gated_norm`` runs the gated norm as mamba_ssm's ``rmsnorm_fn`` (else ours).
+    ``fused_gated_norm`` runs the gated norm as mamba_ssm's ``rmsnorm_fn`` (else ours) and
+    ``fused_causal_conv`` the conv and its SiLU as causal-conv1d's kernel where installed.
     """
 
     def __init__(
@@ -186,6 +201,7 @@ class Mamba2Mixer(nn.Module):
         dt_init_floor: float = 1e-4,
         ssd_impl: str = "auto",
         fused_gated_norm: bool = True,
+        fused_causal_conv: bool = True,
     ) -> None:
         super().__init__()
         if n_heads % n_groups:
@@ -194,7 +210,7 @@ class Mamba2Mixer(nn.Module):
         self.n_heads, self.head_dim, self.n_groups, self.d_state = n_heads, head_dim, n_groups, d_state
         self.d_inner = n_heads * head_dim
         self.chunk_size = chunk_size
-        self.ssd_impl, self.fused_gated_norm = ssd_impl, fused_gated_norm
+        self.ssd_impl, self.fused_gated_norm, self.fused_causal_conv = ssd_impl, fused_gated_norm, fused_causal_conv
         conv_dim = self.d_inner + 2 * n_groups * d_state
         self.in_proj = nn.Linear(d_model, self.d_inner + conv_dim + n_heads, bias=False)
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1)
@@ -221,8 +237,8 @@ class Mamba2Mixer(nn.Module):
         with torch.autocast(device_type=zxbcdt.device.type, enabled=False):
             z, xbc, dt = zxbcdt.to(act).split([self.d_inner, self.d_inner + 2 * gn, self.n_heads], -1)
             w, bias = self.conv1d.weight.to(act), self.conv1d.bias.to(act)
-            xbc = F.conv1d(xbc.transpose(1, 2), w, bias, padding=self.conv1d.padding, groups=xbc.size(-1))
-            xbc = F.silu(xbc[..., :l].transpose(1, 2))
+            fused = causal_conv1d_kernel(w.size(-1)) if impl == "triton" and self.fused_causal_conv else None
+            xbc = causal_conv_silu(xbc, w, bias, fused)
             x, B, C = xbc.split([self.d_inner, gn, gn], -1)
             y = ssd(
                 x.reshape(b, l, self.n_heads, self.head_dim),

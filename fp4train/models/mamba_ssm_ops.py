@@ -7,7 +7,10 @@ Mamba-2 §6 as Triton kernels, forward and backward, which adds ``dt_bias`` and 
 to dt itself (``dt_softplus=True``) and accumulates in float32 — and
 ``mamba_ssm.ops.triton.layernorm_gated.rmsnorm_fn``, the group-wise gated RMSNorm in one kernel.
 The package ships as source; its ``__init__`` imports its CUDA extension, so it imports only where
-it was built with CUDA (docs/models_and_data.md says how to install it).
+it was built with CUDA (docs/models_and_data.md says how to install it). Beside them, the
+``causal-conv1d`` package (Dao-AILab 1.7.0, which mamba_ssm's own ``Mamba2`` calls when installed):
+``causal_conv1d_fn``, the depthwise causal conv1d and its SiLU in one CUDA kernel, forward and
+backward — optional: without it the triton path runs the conv as ``F.conv1d``.
 
 ``ssd_impl``:
 
@@ -27,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["SSD_IMPLS", "check_ssd_impl", "mamba_ssm_kernels", "resolve_ssd_impl"]
+__all__ = ["SSD_IMPLS", "causal_conv1d_kernel", "check_ssd_impl", "mamba_ssm_kernels", "resolve_ssd_impl"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,36 @@ def mamba_ssm_kernels() -> tuple[Callable, Callable]:
             f"{INSTALL_HINT}; or use ssd_impl='auto' or 'torch'"
         )
     return kernels
+
+
+@functools.cache
+def _import_causal_conv1d() -> Callable | str:
+    """``causal_conv1d_fn`` if the causal-conv1d package imports, else why not; tried once per process."""
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except (ImportError, OSError, RuntimeError) as e:  # a missing package, or its CUDA extension failing to load
+        return f"{type(e).__name__}: {e}"
+    return causal_conv1d_fn
+
+
+CAUSAL_CONV1D_WIDTHS = range(2, 5)  # the kernel's supported kernel widths (its csrc checks 2 <= width <= 4)
+
+
+def causal_conv1d_kernel(width: int) -> Callable | None:
+    """``causal_conv1d_fn(x (b, d, l), weight (d, width), bias, activation="silu")`` of the
+    causal-conv1d package for a conv of ``width`` taps, or ``None`` — the caller then runs
+    ``F.conv1d`` — when the package does not import or ``width`` is outside 2–4; logs once which."""
+    fn = _import_causal_conv1d()
+    if isinstance(fn, str):
+        _log_once(logging.INFO, f"Mamba-2 conv1d: F.conv1d (causal-conv1d does not import: {fn}); for its fused "
+                                "CUDA kernel: pip install causal-conv1d==1.7.0 with CAUSAL_CONV1D_FORCE_BUILD=TRUE "
+                                "and --no-build-isolation (docs/models_and_data.md)")
+        return None
+    if width not in CAUSAL_CONV1D_WIDTHS:
+        _log_once(logging.INFO, f"Mamba-2 conv1d: F.conv1d (causal-conv1d's kernel takes widths 2-4, got {width})")
+        return None
+    _log_once(logging.INFO, "Mamba-2 conv1d: causal-conv1d's causal_conv1d_fn")
+    return fn
 
 
 def _log_once(level: int, message: str) -> None:

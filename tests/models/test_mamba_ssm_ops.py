@@ -110,3 +110,67 @@ def test_triton_path_hands_the_kernels_bf16_xbc_and_float32_dt_a_d_and_matches_t
     torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.02)  # bf16 conv and scan inputs
     got.float().square().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in mixer.parameters())
+
+
+def _conv_standin(calls):
+    """What ``causal_conv1d_fn(x, weight, bias, activation="silu")`` computes (its reference,
+    ``causal_conv1d_ref``: a depthwise conv padded width − 1 on the left, then SiLU, in the weight's
+    dtype, output in x's dtype)."""
+    def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
+                         final_states_out=None, activation=None):
+        calls.append({"x": tuple(x.shape), "channel_last": x.stride(1) == 1, "weight": tuple(weight.shape),
+                      "dtype": x.dtype, "activation": activation})
+        dim, width = weight.shape
+        out = F.conv1d(x.to(weight.dtype), weight.unsqueeze(1), bias, padding=width - 1, groups=dim)[..., : x.size(-1)]
+        return F.silu(out).to(x.dtype)
+    return causal_conv1d_fn
+
+
+def test_triton_path_hands_causal_conv1d_the_channel_last_split_and_equals_the_f_conv1d_path(monkeypatch):
+    convs = []
+    monkeypatch.setattr(ops, "_import_kernels", lambda: (_scan_standin([]), _norm_standin([])))
+    monkeypatch.setattr(ops, "_import_causal_conv1d", lambda: _conv_standin(convs))
+    monkeypatch.setattr("fp4train.models.mamba2.resolve_ssd_impl", lambda impl, device: impl)  # CPU stands in for CUDA
+    torch.manual_seed(0)
+    mixer = Mamba2Mixer(64, n_heads=8, head_dim=16, n_groups=2, d_state=16, chunk_size=16, ssd_impl="triton")
+    u = torch.randn(2, 37, 64)
+    outputs, grads = [], []
+    for fused in (True, False):
+        mixer.fused_causal_conv = fused
+        mixer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = mixer(u)
+        y.float().square().sum().backward()
+        outputs.append(y)
+        grads.append(mixer.conv1d.weight.grad.clone())
+    conv_dim = 8 * 16 + 2 * 2 * 16
+    assert convs == [{"x": (2, conv_dim, 37), "channel_last": True, "weight": (conv_dim, 4), "dtype": torch.bfloat16,
+                      "activation": "silu"}]  # once: fused_causal_conv=False does not call it
+    assert torch.equal(outputs[0], outputs[1])  # the stand-in computes what F.conv1d + SiLU do, in the same dtype
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_causal_conv1d_falls_back_to_f_conv1d_saying_why(monkeypatch, caplog):
+    monkeypatch.setattr(ops, "_import_causal_conv1d", lambda: "ModuleNotFoundError: No module named 'causal_conv1d'")
+    with caplog.at_level(logging.INFO, logger=ops.__name__):
+        assert ops.causal_conv1d_kernel(4) is None
+        assert ops.causal_conv1d_kernel(4) is None
+        monkeypatch.setattr(ops, "_import_causal_conv1d", lambda: _conv_standin([]))
+        assert ops.causal_conv1d_kernel(5) is None
+        assert ops.causal_conv1d_kernel(4) is not None
+    messages = [r.message for r in caplog.records]
+    assert len(messages) == 3 and "No module named 'causal_conv1d'" in messages[0] and "CAUSAL_CONV1D_FORCE_BUILD" in messages[0]
+    assert "widths 2-4, got 5" in messages[1] and messages[2] == "Mamba-2 conv1d: causal-conv1d's causal_conv1d_fn"
+
+
+def test_ssd_checks_conv_rows_pass_with_the_kernel_and_fail_without_it(monkeypatch):
+    from experiments.bench import ssd_check
+
+    monkeypatch.setattr(ops, "_import_causal_conv1d", lambda: _conv_standin([]))
+    rows = ssd_check.check_causal_conv(ssd_check.TINY, "cpu")
+    assert [r["check"] for r in rows] == ["causal conv torch bf16", "causal conv cuda bf16"]
+    assert all(r["pass"] and set(r["grads"]) == {"xbc", "weight", "bias"} for r in rows)
+    assert 1e-5 < rows[0]["fwd"] < 2e-2  # bf16 against float64: not equal, within the threshold
+    monkeypatch.setattr(ops, "_import_causal_conv1d", lambda: "ModuleNotFoundError: No module named 'causal_conv1d'")
+    rows = ssd_check.check_causal_conv(ssd_check.TINY, "cpu")
+    assert rows[0]["pass"] and not rows[1]["pass"] and "No module named 'causal_conv1d'" in rows[1]["note"]
