@@ -170,7 +170,7 @@ def check_causal_conv(s: ScanShape, device: str, width: int = 4) -> list[dict]:
     """``causal_conv_silu`` through ``F.conv1d`` and through causal-conv1d's kernel on bf16 inputs (a
     channel-last slice, as the mixer hands it) against ``F.conv1d`` in float64."""
     from fp4train.models.mamba2 import causal_conv_silu
-    from fp4train.models.mamba_ssm_ops import _import_causal_conv1d, causal_conv1d_kernel
+    from fp4train.models.mamba_ssm_ops import causal_conv1d_or_why
 
     conv_dim = s.H * s.P + 2 * s.G * s.N
     g = torch.Generator().manual_seed(3)
@@ -181,17 +181,13 @@ def check_causal_conv(s: ScanShape, device: str, width: int = 4) -> list[dict]:
     dy = torch.randn(s.b, s.l, conv_dim, generator=g).to(device, torch.bfloat16)
     ref_y, ref_g = _fwd_bwd(causal_conv_silu, {k: v.double() for k, v in inputs.items()}, dy.double())
     shape = f"b{s.b} l{s.l} d {conv_dim} width {width}"
-    rows = []
-    fused = causal_conv1d_kernel(width)
-    for name, fn in (("causal conv torch bf16", causal_conv_silu),
-                     ("causal conv cuda bf16", None if fused is None else lambda **t: causal_conv_silu(**t, fused=fused))):
-        if fn is None:
-            why = _import_causal_conv1d()
-            rows.append({"check": name, "shape": shape, "pass": False,
-                         "note": f"causal-conv1d not used: {why if isinstance(why, str) else f'width {width}'}"})
-            continue
-        y, grads = _fwd_bwd(fn, inputs, dy)
-        rows.append(_row(name, shape, y, grads, ref_y, ref_g, THRESHOLDS["conv"]))
+    rows = [_row("causal conv torch bf16", shape, *_fwd_bwd(causal_conv_silu, inputs, dy), ref_y, ref_g, THRESHOLDS["conv"])]
+    fused = causal_conv1d_or_why(width)
+    if isinstance(fused, str):
+        rows.append({"check": "causal conv cuda bf16", "shape": shape, "pass": False, "note": fused})
+    else:
+        y, grads = _fwd_bwd(lambda **t: causal_conv_silu(**t, fused=fused), inputs, dy)
+        rows.append(_row("causal conv cuda bf16", shape, y, grads, ref_y, ref_g, THRESHOLDS["conv"]))
     return rows
 
 

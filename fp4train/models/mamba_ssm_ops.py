@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["SSD_IMPLS", "causal_conv1d_kernel", "check_ssd_impl", "mamba_ssm_kernels", "resolve_ssd_impl"]
+__all__ = ["SSD_IMPLS", "causal_conv1d_kernel", "causal_conv1d_or_why", "check_ssd_impl", "mamba_ssm_kernels", "resolve_ssd_impl"]
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +85,26 @@ def _import_causal_conv1d() -> Callable | str:
 CAUSAL_CONV1D_WIDTHS = range(2, 5)  # the kernel's supported kernel widths (its csrc checks 2 <= width <= 4)
 
 
-def causal_conv1d_kernel(width: int) -> Callable | None:
-    """``causal_conv1d_fn(x (b, d, l), weight (d, width), bias, activation="silu")`` of the
-    causal-conv1d package for a conv of ``width`` taps, or ``None`` — the caller then runs
-    ``F.conv1d`` — when the package does not import or ``width`` is outside 2–4; logs once which."""
+def causal_conv1d_or_why(width: int) -> Callable | str:
+    """causal-conv1d's ``causal_conv1d_fn`` for a conv of ``width`` taps, or why it cannot run it: the
+    package does not import, or ``width`` is outside the kernel's 2–4."""
     fn = _import_causal_conv1d()
     if isinstance(fn, str):
-        _log_once(logging.INFO, f"Mamba-2 conv1d: F.conv1d (causal-conv1d does not import: {fn}); for its fused "
-                                "CUDA kernel: pip install causal-conv1d==1.7.0 with CAUSAL_CONV1D_FORCE_BUILD=TRUE "
-                                "and --no-build-isolation (docs/models_and_data.md)")
-        return None
+        return f"causal-conv1d does not import: {fn}"
     if width not in CAUSAL_CONV1D_WIDTHS:
-        _log_once(logging.INFO, f"Mamba-2 conv1d: F.conv1d (causal-conv1d's kernel takes widths 2-4, got {width})")
+        return f"causal-conv1d's kernel takes widths 2-4, got {width}"
+    return fn
+
+
+def causal_conv1d_kernel(width: int) -> Callable | None:
+    """``causal_conv1d_fn(x (b, d, l), weight (d, width), bias, activation="silu")`` of the
+    causal-conv1d package, or ``None`` — the caller then runs ``F.conv1d`` — when it cannot run this
+    conv (``causal_conv1d_or_why``); logs once which."""
+    fn = causal_conv1d_or_why(width)
+    if isinstance(fn, str):
+        hint = ("; for its fused CUDA kernel: pip install causal-conv1d==1.7.0 with CAUSAL_CONV1D_FORCE_BUILD=TRUE "
+                "and --no-build-isolation (docs/models_and_data.md)") if "does not import" in fn else ""
+        _log_once(logging.INFO, f"Mamba-2 conv1d: F.conv1d ({fn}){hint}")
         return None
     _log_once(logging.INFO, "Mamba-2 conv1d: causal-conv1d's causal_conv1d_fn")
     return fn
