@@ -40,7 +40,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /
 export PYTHONPATH=/tmp/site:$PWD
 python3 -c "import torch, triton, lightning, hydra; print('torch', torch.__version__, 'triton', triton.__version__, 'lightning', lightning.__version__)"
 
-build_mamba() {  # mamba-ssm for sm_90 into /tmp/site2; then PYTHONPATH=/tmp/site2:$PYTHONPATH
+build_mamba() {  # mamba-ssm (and causal-conv1d) for sm_90 into /tmp/site2; then PYTHONPATH=/tmp/site2:$PYTHONPATH
   SITE=/tmp/site2 MAX_JOBS=${MAX_JOBS:-8} bash experiments/bench/build_mamba_ssm.sh > "$RESULTS/build_mamba.log" 2>&1
   echo "build rc=$?" >> "$RESULTS/build_mamba.log"
 }
