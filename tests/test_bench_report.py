@@ -2,6 +2,7 @@
 ``plot.py``'s figure) from a result dict — every part present, parts skipped, torchao missing — and
 the training-step benchmark's FLOP counts (against PyTorch's counter), plans and table."""
 
+import json
 from dataclasses import asdict
 
 import pytest
@@ -162,3 +163,13 @@ def test_scan_loss_runs_are_reproducible_and_tabled_on_cpu():
     assert len(first["train_loss_by_tenth"]) == 4  # 4 steps: a tenth is one step
     md = scan_loss.markdown([first, {**again, "label": "other", "val_loss": first["val_loss"] + 0.01}], "micro")
     assert md.splitlines()[-1].startswith("| other |") and "| +0.0100 |" in md
+
+
+def test_scan_loss_adds_a_later_calls_run_only_to_rows_of_the_same_setting(tmp_path):
+    from experiments.bench import scan_loss
+
+    path = tmp_path / "scan_loss.json"
+    assert scan_loss.earlier_rows(path, "small") == {}
+    path.write_text(json.dumps({"setting": "small", "rows": [{"label": "float32 scan (torch)", "val_loss": 1.0}]}))
+    assert scan_loss.earlier_rows(path, "small") == {"float32 scan (torch)": {"label": "float32 scan (torch)", "val_loss": 1.0}}
+    assert scan_loss.earlier_rows(path, "small, other lr") == {}

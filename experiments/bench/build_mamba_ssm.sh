@@ -28,9 +28,9 @@ build_wheel() {
     command -v nvcc >/dev/null || { echo "nvcc not found: $dist's CUDA extension needs the CUDA toolkit" >&2; exit 1; }
     "$PYTHON" -c "import ninja" 2>/dev/null || command -v ninja >/dev/null || echo "warning: no ninja: the build runs serially (MAX_JOBS is ignored)" >&2
     tmp=$(mktemp -d)
-    tar -xzf ".whl/$dist-$version.tar.gz" -C "$tmp"
+    tar -xzf ".whl/$dist-$version.tar.gz" -C "$tmp" || return 1
     src=$tmp/$dist-$version
-    GENCODE=$GENCODE "$PYTHON" - "$src/setup.py" <<'PY'
+    GENCODE=$GENCODE "$PYTHON" - "$src/setup.py" <<'PY' || return 1
 import os, sys
 path = sys.argv[1]
 text = open(path).read()
@@ -42,7 +42,7 @@ open(path, "w").write(text.replace(anchor, patch + anchor))
 PY
     arch=${GENCODE##*code=sm_}
     env "$force=TRUE" TORCH_CUDA_ARCH_LIST="${arch:0:-1}.${arch: -1}" MAX_JOBS=${MAX_JOBS:-16} \
-      "$PYTHON" -m pip wheel --no-deps --no-build-isolation -w .whl "$src"
+      "$PYTHON" -m pip wheel --no-deps --no-build-isolation -w .whl "$src" || { rm -rf "$tmp"; return 1; }
     rm -rf "$tmp"
     wheel=$(ls .whl/$dist-$version-cp*-linux_x86_64.whl | head -n1)
   fi
@@ -54,7 +54,8 @@ WHEELS=()
   || { echo "missing .whl/mamba_ssm-$MAMBA_SSM.tar.gz: run experiments/bench/gpu_wheels.sh where PyPI is reachable" >&2; exit 1; }
 build_wheel mamba_ssm "$MAMBA_SSM" MAMBA_FORCE_BUILD
 if [ -f ".whl/causal_conv1d-$CAUSAL_CONV1D.tar.gz" ] || ls .whl/causal_conv1d-$CAUSAL_CONV1D-cp*.whl >/dev/null 2>&1; then
-  build_wheel causal_conv1d "$CAUSAL_CONV1D" CAUSAL_CONV1D_FORCE_BUILD
+  build_wheel causal_conv1d "$CAUSAL_CONV1D" CAUSAL_CONV1D_FORCE_BUILD \
+    || echo "causal-conv1d did not build (above): the mixer's conv stays F.conv1d" >&2
 else
   echo "no .whl/causal_conv1d-$CAUSAL_CONV1D.tar.gz: the mixer's conv stays F.conv1d (gpu_wheels.sh fetches it)" >&2
 fi

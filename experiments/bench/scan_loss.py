@@ -9,7 +9,9 @@ Each run: ``--steps`` AdamW steps (``fp4train.optim``: decay groups, fused on CU
 then cosine) under bf16 autocast on the standard-library byte corpus, every linear in bf16 (the
 scan is what differs). Reported per run: the mean training loss over each tenth of the run and the
 validation loss at the end (``--val-batches`` fixed windows). Writes ``scan_loss.json`` and
-``scan_loss.md`` to ``--out``.
+``scan_loss.md`` to ``--out``. ``--impl torch`` runs only the float32 runs (they need no mamba_ssm,
+so they can run while it builds); a later call with ``--impl triton`` and the same settings adds its
+run to the rows already in ``--out``.
 """
 
 from __future__ import annotations
@@ -88,6 +90,15 @@ def markdown(rows: list[dict], setting: str) -> str:
     return "\n".join(lines)
 
 
+def earlier_rows(path: Path, setting: str) -> dict[str, dict]:
+    """The rows of an earlier call with the same ``setting`` written to ``path``, by label; none when
+    there is no such file or its setting differs."""
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    return {row["label"]: row for row in earlier["rows"]} if earlier["setting"] == setting else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -97,12 +108,16 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--val-batches", type=int, default=8)
+    parser.add_argument("--impl", nargs="+", choices=("torch", "triton"), default=["torch", "triton"],
+                        help="run only the runs with these ssd_impl values (module doc)")
     args = parser.parse_args()
-    rows = []
-    for run in RUNS:
-        rows.append(train_run(run, args.size, args.steps, args.batch, args.seq, args.lr, args.val_batches, "cuda"))
-        print(json.dumps(rows[-1]), flush=True)
     setting = f"{args.size}, {args.steps} steps of {args.batch}×{args.seq} tokens, lr {args.lr:g}, on {torch.cuda.get_device_name()}"
+    rows = earlier_rows(args.out / "scan_loss.json", setting)
+    for run in RUNS:
+        if run.ssd_impl in args.impl:
+            rows[run.label] = train_run(run, args.size, args.steps, args.batch, args.seq, args.lr, args.val_batches, "cuda")
+            print(json.dumps(rows[run.label]), flush=True)
+    rows = [rows[run.label] for run in RUNS if run.label in rows]
     table = markdown(rows, setting)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scan_loss.json").write_text(json.dumps({"setting": setting, "torch": torch.__version__, "rows": rows}, indent=1))
