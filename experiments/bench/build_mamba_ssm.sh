@@ -3,8 +3,9 @@
 # causal-conv1d's when its source package is there, for sm_90 only from the source packages that
 # experiments/bench/gpu_wheels.sh put in .whl/, and install them with einops (and Hydra's wheels)
 # into /tmp/site (then: PYTHONPATH=/tmp/site python ...). Idempotent: a wheel already built in .whl/
-# is installed without building again. ~2 min with 16 cores for mamba-ssm (nvcc 13.0, torch
-# 2.11+cu130); causal-conv1d is three .cu files.
+# is installed without building again. On the lent H200 (16 cores, nvcc 13.0, torch 2.11+cu130)
+# mamba-ssm takes ~2.5 min and causal-conv1d ~7 min, built side by side. The wheels (~40 and ~26 MB)
+# can be carried to later calls in .whl/ (gpu_call_lib.sh's return_wheels).
 #
 # Why the patch: both setup.py files hard-code their -gencode targets (mamba-ssm nine, sm_75 ...
 # sm_121; causal-conv1d eight) and ignore TORCH_CUDA_ARCH_LIST for them; one target (GENCODE,
@@ -20,11 +21,14 @@ SITE=${SITE:-/tmp/site}
 # /usr/local's pip beside /opt/torch/.venv's python3), whose build then finds no torch
 PYTHON=${PYTHON:-python3}
 
+# built_wheel DIST VERSION: the path of .whl/DIST-VERSION-cp*.whl, empty when there is none
+built_wheel() { ls .whl/$1-$2-cp*-linux_x86_64.whl 2>/dev/null | head -n1 || true; }
+
 # build_wheel DIST VERSION FORCE_BUILD_VARIABLE: .whl/DIST-VERSION-cp*.whl, built from .whl/DIST-VERSION.tar.gz
+# unless it is there (then nothing to do)
 build_wheel() {
-  local dist=$1 version=$2 force=$3 wheel tmp src arch
-  wheel=$(ls .whl/$dist-$version-cp*-linux_x86_64.whl 2>/dev/null | head -n1 || true)
-  if [ -z "$wheel" ]; then
+  local dist=$1 version=$2 force=$3 tmp src arch
+  if [ -z "$(built_wheel "$dist" "$version")" ]; then
     command -v nvcc >/dev/null || { echo "nvcc not found: $dist's CUDA extension needs the CUDA toolkit" >&2; exit 1; }
     "$PYTHON" -c "import ninja" 2>/dev/null || command -v ninja >/dev/null || echo "warning: no ninja: the build runs serially (MAX_JOBS is ignored)" >&2
     tmp=$(mktemp -d)
@@ -44,20 +48,32 @@ PY
     env "$force=TRUE" TORCH_CUDA_ARCH_LIST="${arch:0:-1}.${arch: -1}" MAX_JOBS=${MAX_JOBS:-16} \
       "$PYTHON" -m pip wheel --no-deps --no-build-isolation -w .whl "$src" || { rm -rf "$tmp"; return 1; }
     rm -rf "$tmp"
-    wheel=$(ls .whl/$dist-$version-cp*-linux_x86_64.whl | head -n1)
   fi
-  WHEELS+=("$wheel")
 }
 
-WHEELS=()
-[ -f ".whl/mamba_ssm-$MAMBA_SSM.tar.gz" ] || ls .whl/mamba_ssm-$MAMBA_SSM-cp*.whl >/dev/null 2>&1 \
+[ -f ".whl/mamba_ssm-$MAMBA_SSM.tar.gz" ] || [ -n "$(built_wheel mamba_ssm "$MAMBA_SSM")" ] \
   || { echo "missing .whl/mamba_ssm-$MAMBA_SSM.tar.gz: run experiments/bench/gpu_wheels.sh where PyPI is reachable" >&2; exit 1; }
-build_wheel mamba_ssm "$MAMBA_SSM" MAMBA_FORCE_BUILD
-if [ -f ".whl/causal_conv1d-$CAUSAL_CONV1D.tar.gz" ] || ls .whl/causal_conv1d-$CAUSAL_CONV1D-cp*.whl >/dev/null 2>&1; then
-  build_wheel causal_conv1d "$CAUSAL_CONV1D" CAUSAL_CONV1D_FORCE_BUILD \
-    || echo "causal-conv1d did not build (above): the mixer's conv stays F.conv1d" >&2
+# causal-conv1d builds beside mamba-ssm: one after the other on the lent H200, mamba-ssm took ~2.5
+# minutes and causal-conv1d ~7 more (three .cu files, so at most three nvcc processes: the cores the
+# other build leaves idle)
+CONV_BUILD=
+if [ -f ".whl/causal_conv1d-$CAUSAL_CONV1D.tar.gz" ] || [ -n "$(built_wheel causal_conv1d "$CAUSAL_CONV1D")" ]; then
+  build_wheel causal_conv1d "$CAUSAL_CONV1D" CAUSAL_CONV1D_FORCE_BUILD &
+  CONV_BUILD=$!
 else
   echo "no .whl/causal_conv1d-$CAUSAL_CONV1D.tar.gz: the mixer's conv stays F.conv1d (gpu_wheels.sh fetches it)" >&2
+fi
+build_wheel mamba_ssm "$MAMBA_SSM" MAMBA_FORCE_BUILD
+WHEELS=("$(built_wheel mamba_ssm "$MAMBA_SSM")")
+[ -n "${WHEELS[0]}" ] || { echo "no mamba_ssm wheel in .whl/ after its build (above)" >&2; exit 1; }
+if [ -n "$CONV_BUILD" ]; then
+  wait "$CONV_BUILD" || true
+  conv_wheel=$(built_wheel causal_conv1d "$CAUSAL_CONV1D")
+  if [ -n "$conv_wheel" ]; then
+    WHEELS+=("$conv_wheel")
+  else
+    echo "causal-conv1d did not build (above): the mixer's conv stays F.conv1d" >&2
+  fi
 fi
 others=$(ls .whl/*-py3-none-any.whl)  # einops, and Hydra's three when gpu_wheels.sh fetched them
 echo "installing ${WHEELS[*]} and" $others "into $SITE"

@@ -44,3 +44,15 @@ build_mamba() {  # mamba-ssm (and causal-conv1d) for sm_90 into /tmp/site2; then
   SITE=/tmp/site2 MAX_JOBS=${MAX_JOBS:-8} bash experiments/bench/build_mamba_ssm.sh > "$RESULTS/build_mamba.log" 2>&1
   echo "build rc=$?" >> "$RESULTS/build_mamba.log"
 }
+
+# return_wheels: the wheels built in .whl/ into $OUT in 15 MiB parts (the device tool returns files
+# of up to 16 MiB); put one back together here with
+#     cat FILES_AT/NAME.whl.part* > .whl/NAME.whl
+# and carry .whl: build_mamba_ssm.sh then installs it without building (the carry limit is 64 MiB in
+# all, so causal-conv1d's ~26 MB wheel, the slow one to build, fits; both wheels together barely do)
+return_wheels() {
+  local wheel
+  for wheel in .whl/*-linux_x86_64.whl; do
+    [ -f "$wheel" ] && split -b 15m -d "$wheel" "$OUT/$(basename "$wheel").part"
+  done
+}
