@@ -3,9 +3,10 @@
 # causal-conv1d's when its source package is there, for sm_90 only from the source packages that
 # experiments/bench/gpu_wheels.sh put in .whl/, and install them with einops (and Hydra's wheels)
 # into /tmp/site (then: PYTHONPATH=/tmp/site python ...). Idempotent: a wheel already built in .whl/
-# is installed without building again. On the lent H200 (16 cores, nvcc 13.0, torch 2.11+cu130)
-# mamba-ssm takes ~2.5 min and causal-conv1d ~7 min, built side by side. The wheels (~40 and ~26 MB)
-# can be carried to later calls in .whl/ (gpu_call_lib.sh's return_wheels).
+# is installed without building again. On the lent H200 (16 cores, nvcc 13.0, torch 2.11+cu130),
+# built one after the other, mamba-ssm took ~2.5 min and causal-conv1d ~7 min; they now build side
+# by side. The wheels (~40 and ~26 MB) can be carried to later calls in .whl/ (gpu_call_lib.sh's
+# return_wheels).
 #
 # Why the patch: both setup.py files hard-code their -gencode targets (mamba-ssm nine, sm_75 ...
 # sm_121; causal-conv1d eight) and ignore TORCH_CUDA_ARCH_LIST for them; one target (GENCODE,
@@ -53,9 +54,8 @@ PY
 
 [ -f ".whl/mamba_ssm-$MAMBA_SSM.tar.gz" ] || [ -n "$(built_wheel mamba_ssm "$MAMBA_SSM")" ] \
   || { echo "missing .whl/mamba_ssm-$MAMBA_SSM.tar.gz: run experiments/bench/gpu_wheels.sh where PyPI is reachable" >&2; exit 1; }
-# causal-conv1d builds beside mamba-ssm: one after the other on the lent H200, mamba-ssm took ~2.5
-# minutes and causal-conv1d ~7 more (three .cu files, so at most three nvcc processes: the cores the
-# other build leaves idle)
+# causal-conv1d builds beside mamba-ssm: it is three .cu files, so at most three nvcc processes, and
+# leaves most of the cores to mamba-ssm's build
 CONV_BUILD=
 if [ -f ".whl/causal_conv1d-$CAUSAL_CONV1D.tar.gz" ] || [ -n "$(built_wheel causal_conv1d "$CAUSAL_CONV1D")" ]; then
   build_wheel causal_conv1d "$CAUSAL_CONV1D" CAUSAL_CONV1D_FORCE_BUILD &
