@@ -94,10 +94,14 @@ class Case:
             return ""
         return "".join(note for on, note in ((self.fused_gated_norm, ", torch norm"), (self.fused_causal_conv, ", torch conv")) if not on)
 
+    def default_path(self) -> "Case":
+        """This case on the default path — the triton scan with both fused kernels, eager blocks —
+        which the variants are compared with."""
+        return replace(self, ssd_impl="triton", fused_gated_norm=True, fused_causal_conv=True, compile_blocks=False)
+
     @property
     def is_default_path(self) -> bool:
-        """The triton scan with both fused kernels and eager blocks: what the variants are compared with."""
-        return self.ssd_impl == "triton" and self.fused_gated_norm and self.fused_causal_conv and not self.compile_blocks
+        return self == self.default_path()
 
     def baseline(self) -> "Case":
         """The bf16 case this one's time and memory are compared with."""
@@ -293,8 +297,7 @@ def comparisons(rows: list[dict]) -> list[str]:
     reference = {replace(c, batch=0): r for c, r in ok if c.is_default_path}
     lines = []
     for c, r in ok:
-        default = replace(c, batch=0, ssd_impl="triton", fused_gated_norm=True, fused_causal_conv=True, compile_blocks=False)
-        ref = reference.get(default)
+        ref = reference.get(replace(c.default_path(), batch=0))
         if c.is_default_path or ref is None:
             continue
         what = ("the torch scan" if c.ssd_impl == "torch" else "our PyTorch gated norm" if not c.fused_gated_norm

@@ -25,6 +25,7 @@ backward — optional: without it the triton path runs the conv as ``F.conv1d``.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 from collections.abc import Callable
 
@@ -49,15 +50,19 @@ def check_ssd_impl(impl: str) -> None:
         raise ValueError(f"unknown ssd_impl {impl!r}; valid: {list(SSD_IMPLS)}")
 
 
+def _import_or_why(*names: str) -> tuple[Callable, ...] | str:
+    """The objects named ``"module:attribute"``, or why one of them does not import (a string)."""
+    try:
+        return tuple(getattr(importlib.import_module(module), attr) for module, attr in (n.split(":") for n in names))
+    except (ImportError, AttributeError, OSError, RuntimeError) as e:  # a missing package, or its CUDA extension failing to load
+        return f"{type(e).__name__}: {e}"
+
+
 @functools.cache
 def _import_kernels() -> tuple[Callable, Callable] | str:
     """The two kernels if mamba_ssm imports, else why not (a string); tried once per process."""
-    try:
-        from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except (ImportError, OSError, RuntimeError) as e:  # a missing package, or its CUDA extension failing to load
-        return f"{type(e).__name__}: {e}"
-    return mamba_chunk_scan_combined, rmsnorm_fn
+    return _import_or_why("mamba_ssm.ops.triton.ssd_combined:mamba_chunk_scan_combined",
+                          "mamba_ssm.ops.triton.layernorm_gated:rmsnorm_fn")
 
 
 def mamba_ssm_kernels() -> tuple[Callable, Callable]:
@@ -75,11 +80,8 @@ def mamba_ssm_kernels() -> tuple[Callable, Callable]:
 @functools.cache
 def _import_causal_conv1d() -> Callable | str:
     """``causal_conv1d_fn`` if the causal-conv1d package imports, else why not; tried once per process."""
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except (ImportError, OSError, RuntimeError) as e:  # a missing package, or its CUDA extension failing to load
-        return f"{type(e).__name__}: {e}"
-    return causal_conv1d_fn
+    imported = _import_or_why("causal_conv1d:causal_conv1d_fn")
+    return imported if isinstance(imported, str) else imported[0]
 
 
 CAUSAL_CONV1D_WIDTHS = range(2, 5)  # the kernel's supported kernel widths (its csrc checks 2 <= width <= 4)
@@ -87,10 +89,11 @@ CAUSAL_CONV1D_WIDTHS = range(2, 5)  # the kernel's supported kernel widths (its 
 
 def causal_conv1d_or_why(width: int) -> Callable | str:
     """causal-conv1d's ``causal_conv1d_fn`` for a conv of ``width`` taps, or why it cannot run it: the
-    package does not import, or ``width`` is outside the kernel's 2–4."""
+    package does not import (with how to install it), or ``width`` is outside the kernel's 2–4."""
     fn = _import_causal_conv1d()
     if isinstance(fn, str):
-        return f"causal-conv1d does not import: {fn}"
+        return (f"causal-conv1d does not import: {fn}; for its fused CUDA kernel: pip install causal-conv1d==1.7.0 "
+                "with CAUSAL_CONV1D_FORCE_BUILD=TRUE and --no-build-isolation (docs/models_and_data.md)")
     if width not in CAUSAL_CONV1D_WIDTHS:
         return f"causal-conv1d's kernel takes widths 2-4, got {width}"
     return fn
@@ -102,9 +105,7 @@ def causal_conv1d_kernel(width: int) -> Callable | None:
     conv (``causal_conv1d_or_why``); logs once which."""
     fn = causal_conv1d_or_why(width)
     if isinstance(fn, str):
-        hint = ("; for its fused CUDA kernel: pip install causal-conv1d==1.7.0 with CAUSAL_CONV1D_FORCE_BUILD=TRUE "
-                "and --no-build-isolation (docs/models_and_data.md)") if "does not import" in fn else ""
-        _log_once(logging.INFO, f"Mamba-2 conv1d: F.conv1d ({fn}){hint}")
+        _log_once(logging.INFO, f"Mamba-2 conv1d: F.conv1d ({fn})")
         return None
     _log_once(logging.INFO, "Mamba-2 conv1d: causal-conv1d's causal_conv1d_fn")
     return fn
